@@ -1,0 +1,63 @@
+"""`vqrae` entry point: a dispatcher over one module per subcommand.
+
+Each module in COMMANDS exposes `register(subparsers)`, which adds its parser and sets `func` (args -> exit code).
+Bad input anywhere in the library surfaces as ValueError or OSError (FileNotFoundError, PIL's
+UnidentifiedImageError, ...): we print it as one line on stderr and exit 2. `VQRAE_DEBUG=1` re-raises instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+# Order is the order of `vqrae --help`.
+COMMANDS = [
+    "reconstruct",
+]
+
+
+class CLIError(Exception):
+    """Raised by a subcommand for bad arguments; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqrae",
+        description="VQRAE: a visual tokenizer with continuous features for understanding and discrete codes for "
+        "generation, and a unified multimodal model built on it.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"scripts.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, OSError) as exc:
+        if os.environ.get("VQRAE_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"vqrae {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vqrae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
