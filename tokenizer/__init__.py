@@ -1,1 +1,13 @@
+"""The VQRAE tokenizer: continuous features for understanding, discrete codes for generation, pixels back.
 
+    from tokenizer import VQRAE
+    vq = VQRAE.from_pretrained(folder)
+    feats, codes = vq.encode(pixels), vq.tokenize(pixels)
+    images = vq.decode(codes)
+"""
+
+from .configuration import VQRAEConfig
+from .modeling import VQRAE, VQRAEOutput, load_vqrae
+from .quantizer import CodebookUsage, SimVQ, nearest_code
+
+__all__ = ["VQRAE", "VQRAEConfig", "VQRAEOutput", "load_vqrae", "SimVQ", "CodebookUsage", "nearest_code"]

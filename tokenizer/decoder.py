@@ -1,0 +1,75 @@
+"""The ViT pixel decoder: it mirrors the encoder, with no convolutions.
+
+Quantized features (B, N, d) -> linear to the decoder width -> + fixed 2-D sin-cos position embeddings ->
+timm ViT blocks -> LayerNorm -> linear head to p*p*3 values per token -> unpatchify to (B, 3, h*p, w*p).
+The position embeddings are computed for whatever grid arrives, so the decoder holds no resolution-sized table.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from einops import rearrange
+from timm.models.vision_transformer import Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def sincos_2d(h: int, w: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """MAE-style fixed 2-D sin-cos embeddings, (h*w, dim): half the channels encode y, half x."""
+    if dim % 4:
+        raise ValueError(f"decoder width must be a multiple of 4 for 2-D sin-cos positions, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                            torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+    parts = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        angles = coord[:, None] * omega[None]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).to(dtype)
+
+
+class ViTDecoder(nn.Module):
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        patch_size: int,
+        mlp_ratio: float = 4.0,
+        gradient_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"decoder width {dim} is not divisible by its {num_heads} heads")
+        self.patch_size = patch_size
+        self.gradient_checkpointing = gradient_checkpointing
+        self.embed = nn.Linear(in_dim, dim)
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, patch_size * patch_size * 3)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, in_dim) -> (B, 3, h*p, w*p) in [0, 1] space (not clamped: the training loss sees raw values)."""
+        b, n, _ = x.shape
+        h, w = grid if grid is not None else (math.isqrt(n), math.isqrt(n))
+        if h * w != n:
+            raise ValueError(f"{n} tokens do not form a {h}x{w} grid")
+        x = self.embed(x)
+        x = x + sincos_2d(h, w, x.shape[-1], device=x.device, dtype=x.dtype)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.head(self.norm(x))
+        pixels = rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=self.patch_size, q=self.patch_size)
+        return (pixels + 1) / 2  # the head predicts [-1, 1]; zero-mean outputs start at mid-grey
