@@ -13,14 +13,12 @@ import logging
 import os
 import sys
 
+from scripts import CLIError
+
 # Order is the order of `vqrae --help`.
 COMMANDS = [
     "reconstruct",
 ]
-
-
-class CLIError(Exception):
-    """Raised by a subcommand for bad arguments; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if not args.verbose:
+        # Hugging Face's per-load "Loading weights" bars drown our own output; --verbose brings them back.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, OSError) as exc:

@@ -88,8 +88,8 @@ class TimmVisionEncoder(VisionEncoder):
         super().__init__(image_mean, image_std)
         import timm
 
-        self.model = timm.create_model(config["model_name"], pretrained=False, num_classes=0,
-                                       **config.get("kwargs", {}))
+        kwargs = {**config.get("kwargs", {}), "num_classes": 0}  # features only, no classifier head
+        self.model = timm.create_model(config["model_name"], pretrained=False, **kwargs)
         self.num_prefix_tokens = getattr(self.model, "num_prefix_tokens", 1)
         self.feature_dim = self.model.num_features
         patch = self.model.patch_embed.patch_size
