@@ -1,0 +1,140 @@
+"""Batches for the unified model's training stages, from conversation (VQA) records and caption (T2I) records.
+
+Records (dicts), any mix in one batch:
+- conversation: `{"messages": [{"role": "user"|"assistant"|"system", "content": str}], "images": [...]}` or the
+  LLaVA form `{"conversations": [{"from": "human"|"gpt"|"system", "value": str}], "image": ...}`. One image per
+  `<image>` in order; text-only conversations have none. Labels: the assistant replies (and their end token) only.
+- caption: `{"caption": str, "image": ...}` or `{"caption": str, "codes": [h*w ints]}` (pre-tokenized). The
+  sequence is the text-to-image prompt + `<boi>` + h*w codes + `<eoi>` + end of turn. Labels: the codes only.
+  With `caption_dropout` p, the prompt is replaced by its unconditional form (what CFG sampling uses) with
+  probability p.
+An image is a path, a PIL image or a (3, H, W) tensor in [0, 1].
+
+The batch: `input_ids`, `attention_mask`, `labels` (B, L), right-padded; `pixel_values` (M, 3, S, S) for the
+`<image>` slots in reading order; `gen_pixel_values` (G, 3, S, S) for caption records given as images, whose code
+slots hold `GEN_SLOT` until `UnifiedModel.forward` tokenizes them. A bad record (unreadable image, wrong number of
+images, too long to truncate without cutting an image) is skipped, counted in `skipped` and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from .modeling import GEN_SLOT
+from .processing import UnifiedProcessor
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+_LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def record_messages(record: dict) -> list[dict]:
+    """The record's conversation as [{"role", "content"}] (accepts the LLaVA `conversations` form)."""
+    if "messages" in record:
+        return list(record["messages"])
+    turns = []
+    for i, t in enumerate(record["conversations"]):
+        role = _LLAVA_ROLES.get(t.get("from"))
+        if role is None:
+            raise ValueError(f"turn {i}: unknown speaker {t.get('from')!r}")
+        turns.append({"role": role, "content": t.get("value")})
+    return turns
+
+
+def record_images(record: dict) -> list:
+    if "images" in record:
+        return list(record["images"] or [])
+    return [] if record.get("image") is None else [record["image"]]
+
+
+@dataclass
+class UnifiedCollator:
+    processor: UnifiedProcessor
+    caption_dropout: float = 0.0
+    max_length: int | None = None
+    seed: int = 0
+    skipped: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        self._rng = random.Random(self.seed)
+
+    def encode_record(self, record: dict) -> tuple[list[int], list[int], list[torch.Tensor], list[torch.Tensor]]:
+        """-> (ids, labels, images for <image> slots, images to tokenize for code slots)."""
+        proc, cfg = self.processor, self.processor.config
+        if "caption" in record:
+            caption = record["caption"]
+            if not isinstance(caption, str):
+                raise ValueError(f"caption must be a string, got {type(caption).__name__}")
+            drop = self.caption_dropout > 0 and self._rng.random() < self.caption_dropout
+            prompt = proc.t2i_prompt_ids(caption, uncond=drop)
+            n = cfg.num_image_tokens
+            gen: list[torch.Tensor] = []
+            if record.get("codes") is not None:
+                codes = torch.as_tensor(record["codes"], dtype=torch.long).flatten()
+                if codes.numel() != n or int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size:
+                    raise ValueError(f"codes must be {n} values in [0, {cfg.codebook_size})")
+                slots = (codes + cfg.code_offset).tolist()
+            elif record.get("image") is not None:
+                gen = [proc.image_tensor(record["image"])]
+                slots = [GEN_SLOT] * n
+            else:
+                raise ValueError("a caption record needs an 'image' or 'codes'")
+            suffix = proc.t2i_suffix_ids()
+            ids = prompt + slots + suffix
+            labels = [IGNORE_INDEX] * len(prompt) + slots + [IGNORE_INDEX] * len(suffix)
+            return ids, labels, [], gen
+        messages = record_messages(record)
+        images = record_images(record)
+        if proc.count_images(messages) != len(images):
+            raise ValueError(f"{proc.count_images(messages)} <image> placeholder(s) but {len(images)} image(s)")
+        ids, target = proc.encode_conversation(messages)
+        labels = [t if is_t else IGNORE_INDEX for t, is_t in zip(ids, target)]
+        return ids, labels, [proc.image_tensor(im) for im in images], []
+
+    def _truncate(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids, labels
+        special = {self.processor.config.image_token_id, GEN_SLOT}
+        if any(t in special for t in ids[self.max_length:]):
+            raise ValueError(f"{len(ids)} tokens exceed max_length {self.max_length} inside an image")
+        return ids[: self.max_length], labels[: self.max_length]
+
+    def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        rows, pixels, gen_pixels = [], [], []
+        errors = []
+        for i, rec in enumerate(records):
+            try:
+                ids, labels, imgs, gen = self.encode_record(rec)
+                ids, labels = self._truncate(ids, labels)
+            except (ValueError, OSError, KeyError, TypeError) as exc:
+                self.skipped += 1
+                errors.append(f"record {i}: {exc}")
+                logger.warning("skipping record %d: %s (%d skipped so far)", i, exc, self.skipped)
+                continue
+            rows.append((ids, labels))
+            pixels.extend(imgs)
+            gen_pixels.extend(gen)
+        if not rows:
+            raise ValueError("every record in the batch was bad: " + "; ".join(errors))
+        pad = self.processor.config.pad_token_id
+        length = max(len(ids) for ids, _ in rows)
+        batch_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        batch_labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for r, (ids, labels) in enumerate(rows):
+            batch_ids[r, : len(ids)] = torch.tensor(ids)
+            batch_labels[r, : len(labels)] = torch.tensor(labels)
+            mask[r, : len(ids)] = 1
+        batch = {"input_ids": batch_ids, "attention_mask": mask, "labels": batch_labels}
+        if pixels:
+            batch["pixel_values"] = torch.stack(pixels)
+        if gen_pixels:
+            batch["gen_pixel_values"] = torch.stack(gen_pixels)
+        return batch

@@ -1,0 +1,354 @@
+"""The one sampler: every image and every answer the unified model produces comes out of `decode`.
+
+`decode` runs the LLM step by step with its KV cache (or, for checking, without) and asks a `choose` function for
+the next token of every row. On top of it:
+- `generate_images`: text-to-image with batched classifier-free guidance. Conditional and unconditional rows share
+  one batch (one forward per step, not two); logits are restricted to the code range before guidance, so every
+  sampled token is a code and every image decodes. Temperature, top-k, top-p; a guidance schedule (constant, or a
+  linear ramp from 1 to the scale over the image); one seed per image.
+- `generate_text` / `stream_text` / `stream_chat`: answers, greedy by default, streamed as text pieces.
+
+Randomness: each row (image or answer) draws its uniforms from its own `torch.Generator`, seeded with
+`seed + row index`, before the loop starts; a token is then picked by inverse-CDF on its probabilities. So an image
+depends only on its prompt, settings and seed, not on the batch it was generated in, and the loop itself pays
+nothing for per-row seeding.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from data.images import tensor_to_pil
+
+if TYPE_CHECKING:
+    from .modeling import UnifiedModel
+    from .processing import ImageInput
+
+logger = logging.getLogger(__name__)
+
+CFG_SCHEDULES = ("constant", "linear")
+
+ChooseFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+# ----- validation and sampling primitives -----
+def validate_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                      cfg_scale: float | None = None, cfg_schedule: str = "constant") -> None:
+    """One clear error per nonsensical value (the CLI prints it and exits 2)."""
+    if not temperature >= 0:  # also rejects NaN
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not (isinstance(top_k, int) and top_k >= 0):
+        raise ValueError(f"top_k must be a non-negative integer (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if cfg_scale is not None and not cfg_scale >= 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) on (B, V) logits; filtered entries become -inf."""
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens before it already hold top_p of the mass; the first is always kept.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
+           uniforms: torch.Tensor | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) ids. Greedy when temperature is 0; otherwise inverse-CDF with one uniform per row."""
+    if temperature == 0 or uniforms is None:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    cdf = probs.cumsum(-1)
+    # right=True: the first index whose cdf exceeds u * total, which always has non-zero probability.
+    idx = torch.searchsorted(cdf, (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True)
+    return idx.squeeze(-1).clamp_max(logits.shape[-1] - 1)
+
+
+def row_uniforms(seeds: Sequence[int], steps: int, device: torch.device) -> torch.Tensor:
+    """(rows, steps) uniforms, row r from its own generator seeded with seeds[r]."""
+    rows = [torch.rand(steps, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device)
+
+
+def guidance_scale_at(step: int, steps: int, cfg_scale: float, schedule: str) -> float:
+    if schedule == "linear" and steps > 1:
+        return 1.0 + (cfg_scale - 1.0) * step / (steps - 1)
+    return cfg_scale
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists into (B, L) ids and attention mask, so every row's next token is at the end."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, length - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, length - len(r):] = 1
+    return ids, mask
+
+
+# ----- the loop -----
+@torch.no_grad()
+def decode(
+    llm,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_steps: int,
+    choose: ChooseFn,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the token chosen for every row at each of `num_steps` steps.
+
+    `inputs_embeds` (B, L, h) is the left-padded prompt with `attention_mask` (B, L). `choose(step, logits)` gets
+    the last position's float logits (B, V) and returns the (B,) ids to append. The caller may stop iterating at
+    any time (a finished answer); no forward pass runs after the last yielded token.
+    """
+    embed = llm.get_input_embeddings()
+    mask = attention_mask.to(inputs_embeds.device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = None
+    step_embeds, step_pos = inputs_embeds, positions
+    all_embeds = inputs_embeds
+    for step in range(num_steps):
+        if use_cache:
+            out = llm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=step_pos, cache=cache,
+                      use_cache=True, logits_to_keep=1)
+            cache = out.cache
+        else:  # recompute everything: the reference the cached path must match
+            out = llm(inputs_embeds=all_embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                      logits_to_keep=1)
+        ids = choose(step, out.logits[:, -1].float())
+        yield ids
+        if step + 1 == num_steps:
+            return
+        step_embeds = embed(ids.unsqueeze(-1))
+        step_pos = positions[:, -1:] + 1
+        positions = torch.cat([positions, step_pos], dim=-1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        if not use_cache:
+            all_embeds = torch.cat([all_embeds, step_embeds], dim=1)
+
+
+# ----- images -----
+@dataclass
+class ImageGenerationOutput:
+    codes: torch.Tensor  # (P, num_images, h, w) long, values in [0, K)
+    images: list[list[Image.Image]]  # [prompt][image]
+    seeds: list[list[int]]  # the seed of every image
+    settings: dict = field(default_factory=dict)
+
+
+def sample_image_codes(
+    model: UnifiedModel,
+    captions: Sequence[str],
+    seeds: Sequence[int],
+    cfg_scale: float | None = 4.0,
+    cfg_schedule: str = "constant",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """One image per caption (row r seeded with seeds[r]) -> (B, h*w) codes in [0, K).
+
+    `cfg_scale=None` runs without guidance (no unconditional rows); any number, 1.0 included, runs batched CFG with
+    logits cond + (s - 1) * (cond - uncond), which is exactly cond at s = 1.
+    """
+    validate_sampling(temperature, top_k, top_p, cfg_scale, cfg_schedule)
+    proc, cfg = model.processor, model.config
+    lo, hi = cfg.code_range
+    n = cfg.num_image_tokens
+    b = len(captions)
+    rows = [proc.t2i_prompt_ids(c) for c in captions]
+    if cfg_scale is not None:
+        rows += [proc.t2i_prompt_ids(c, uncond=True) for c in captions]
+    ids, mask = left_pad(rows, cfg.pad_token_id)
+    device = model.device
+    embeds = model.embed(ids.to(device))
+    uniforms = row_uniforms(seeds, n, device) if temperature > 0 else None
+
+    def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits[:, lo:hi]  # only codes can be sampled
+        if cfg_scale is not None:
+            cond, uncond = logits[:b], logits[b:]
+            s = guidance_scale_at(step, n, cfg_scale, cfg_schedule)
+            logits = cond + (s - 1.0) * (cond - uncond) if s != 1.0 else cond
+        tok = sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, step]) + lo
+        return tok.repeat(2) if cfg_scale is not None else tok  # both halves continue with the same token
+
+    codes = torch.empty(b, n, dtype=torch.long, device=device)
+    for step, tok in enumerate(decode(model.llm, embeds, mask, n, choose, use_cache=use_cache)):
+        codes[:, step] = tok[:b] - lo
+    return codes
+
+
+@torch.no_grad()
+def generate_images(
+    model: UnifiedModel,
+    prompts: Sequence[str],
+    num_images: int = 1,
+    cfg_scale: float | None = 4.0,
+    cfg_schedule: str = "constant",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> ImageGenerationOutput:
+    """Text-to-image: `num_images` per prompt, `batch_size` images per forward batch (twice the rows with CFG).
+
+    Image i of prompt p gets seed `seed + p * num_images + i` (`seed=None`: a random base seed, reported back).
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt {i} is empty")
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    validate_sampling(temperature, top_k, top_p, cfg_scale, cfg_schedule)
+    if seed is None:
+        seed = random.randrange(2**31)
+    h, w = model.config.grid_size
+    items = [(p, i) for p in range(len(prompts)) for i in range(num_images)]
+    codes = torch.empty(len(items), h * w, dtype=torch.long)
+    bar = tqdm(total=len(prompts), unit="prompt", desc="generating", disable=not progress)
+    done_prompts = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        codes[start : start + len(chunk)] = sample_image_codes(
+            model, [prompts[p] for p, _ in chunk], [seed + start + j for j in range(len(chunk))],
+            cfg_scale, cfg_schedule, temperature, top_k, top_p, use_cache,
+        ).cpu()
+        finished = (start + len(chunk)) // num_images
+        bar.update(finished - done_prompts)
+        done_prompts = finished
+    bar.close()
+    codes = codes.view(len(prompts), num_images, h, w)
+    images = [decode_codes(model, codes[p], batch_size) for p in range(len(prompts))]
+    seeds = [[seed + p * num_images + i for i in range(num_images)] for p in range(len(prompts))]
+    settings = dict(num_images=num_images, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
+                    top_k=top_k, top_p=top_p, seed=seed, uncond=model.config.uncond)
+    return ImageGenerationOutput(codes=codes, images=images, seeds=seeds, settings=settings)
+
+
+@torch.no_grad()
+def decode_codes(model: UnifiedModel, codes: torch.Tensor, batch_size: int = 8) -> list[Image.Image]:
+    """(B, h, w) codes -> PIL images through the VQRAE decoder."""
+    device = next(model.vqrae.parameters()).device
+    out = []
+    for start in range(0, len(codes), batch_size):
+        pixels = model.vqrae.decode(codes[start : start + batch_size].to(device))
+        out.extend(tensor_to_pil(p) for p in pixels)
+    return out
+
+
+# ----- text -----
+@torch.no_grad()
+def iter_text_tokens(
+    model: UnifiedModel,
+    prompts: Sequence[Sequence[int]],
+    pixel_values: torch.Tensor | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield the (B,) next text tokens of a batch of prompts (already expanded, see `encode_conversation`) until
+    every row has produced a stop token or `max_new_tokens`; finished rows yield pad ids."""
+    validate_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    cfg = model.config
+    ids, mask = left_pad(prompts, cfg.pad_token_id)
+    device = model.device
+    embeds = model.embed(ids.to(device), pixel_values)
+    banned = ~model.text_token_mask().to(device)
+    stops = torch.tensor(model.processor.stop_token_ids, device=device)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    uniforms = row_uniforms([seed + r for r in range(len(prompts))], max_new_tokens, device) if temperature else None
+
+    def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.masked_fill(banned[: logits.shape[-1]], float("-inf"))
+        tok = sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, step])
+        return tok.masked_fill(finished, cfg.pad_token_id)
+
+    for tok in decode(model.llm, embeds, mask, max_new_tokens, choose, use_cache=use_cache):
+        yield tok
+        finished |= torch.isin(tok, stops)
+        if bool(finished.all()):
+            return
+
+
+def generate_text(model: UnifiedModel, prompts: Sequence[Sequence[int]], pixel_values=None,
+                  **sampling) -> list[str]:
+    """Batched answers (for eval): decoded text of each row, stop token excluded."""
+    steps = [t.cpu() for t in iter_text_tokens(model, prompts, pixel_values, **sampling)]
+    stops = set(model.processor.stop_token_ids)
+    answers = []
+    for r in range(len(prompts)):
+        row = []
+        for t in steps:
+            if int(t[r]) in stops:
+                break
+            row.append(int(t[r]))
+        answers.append(model.text_tokenizer.decode(row, skip_special_tokens=True))
+    return answers
+
+
+def stream_text(model: UnifiedModel, prompt: Sequence[int], pixel_values=None, **sampling) -> Iterator[str]:
+    """Stream one answer as text pieces (a piece is held back while it ends in an incomplete UTF-8 character)."""
+    stops = set(model.processor.stop_token_ids)
+    tokens: list[int] = []
+    sent = ""
+    for tok in iter_text_tokens(model, [prompt], pixel_values, **sampling):
+        t = int(tok[0])
+        if t in stops:
+            break
+        tokens.append(t)
+        text = model.text_tokenizer.decode(tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= len(sent):
+            continue
+        yield text[len(sent):]
+        sent = text
+    text = model.text_tokenizer.decode(tokens, skip_special_tokens=True)
+    if len(text) > len(sent):
+        yield text[len(sent):]
+
+
+def stream_chat(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput] = (),
+                **sampling) -> Iterator[str]:
+    """The assistant's next reply to `messages`, one image per `<image>` in order, streamed."""
+    proc = model.processor
+    n_slots = proc.count_images(messages)
+    if n_slots != len(images):
+        raise ValueError(f"the conversation has {n_slots} <image> placeholder(s) but {len(images)} image(s)")
+    prompt, _ = proc.encode_conversation(messages, add_generation_prompt=True)
+    return stream_text(model, prompt, proc.pixel_values(images), **sampling)
