@@ -18,6 +18,9 @@ from scripts import CLIError
 # Order is the order of `vqrae --help`.
 COMMANDS = [
     "reconstruct",
+    "chat",
+    "generate",
+    "bench",
 ]
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 @dataclass
 class QuantizerOutput:
-    quantized: torch.Tensor  # (B, N, d) straight-through quantized features, back in the input space
+    quantized: torch.Tensor  # straight-through quantized vectors (in the input space after SimVQ.forward)
     codes: torch.Tensor  # (B, N) long
     loss: torch.Tensor  # codebook + commitment_weight * commitment
     codebook_loss: torch.Tensor
@@ -99,22 +99,27 @@ class SimVQ(nn.Module):
         return nearest_code(ze.reshape(-1, self.codebook_dim), self.mapped_codebook(),
                             self.lookup_memory_mb).view(ze.shape[:-1])
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        ze = self.proj_in(z)
+    def quantize(self, ze: torch.Tensor) -> QuantizerOutput:
+        """The SimVQ core in codebook space: (..., e) -> nearest codes, straight-through vectors (..., e), losses."""
         codebook = self.mapped_codebook()
         codes = nearest_code(ze.detach().reshape(-1, self.codebook_dim), codebook.detach(),
                              self.lookup_memory_mb).view(ze.shape[:-1])
         q = F.embedding(codes, codebook).to(ze.dtype)
         codebook_loss = F.mse_loss(q, ze.detach())  # moves the codes (through W) towards the features
         commitment_loss = F.mse_loss(ze, q.detach())  # keeps the features close to their codes
-        q = ze + (q - ze).detach()  # straight-through estimator
         return QuantizerOutput(
-            quantized=self.proj_out(q),
+            quantized=ze + (q - ze).detach(),  # straight-through estimator
             codes=codes,
             loss=codebook_loss + self.commitment_weight * commitment_loss,
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
         )
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """Features (B, N, d) -> quantized features (B, N, d), codes, losses."""
+        out = self.quantize(self.proj_in(z))
+        out.quantized = self.proj_out(out.quantized)
+        return out
 
 
 class CodebookUsage:
