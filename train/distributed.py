@@ -1,0 +1,101 @@
+"""Process-group plumbing: who am I (rank, world size), start DeepSpeed's process group, barriers and reductions.
+
+Launchers (`torchrun`, `deepspeed`) set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain
+`vqrae train ...` has none of them and runs as rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        def env_int(name: str, default: int) -> int:
+            raw = os.environ.get(name, str(default))
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+        return cls(env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0))
+
+
+def launched() -> bool:
+    """True when a launcher started this process (torchrun / deepspeed set these)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_deepspeed_distributed() -> DistInfo:
+    """Start DeepSpeed's process group (gloo on CPU, nccl on GPU); a lone process gets a group of one."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        _skip_cpu_shm_allreduce_build()
+    if launched():
+        deepspeed.init_distributed()
+    else:
+        deepspeed.init_distributed(
+            auto_mpi_discovery=False, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
+    return DistInfo(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _skip_cpu_shm_allreduce_build() -> None:
+    # DeepSpeed's torch backend JIT-compiles a shared-memory all-reduce op on CPU (about 55 s on our 2-core
+    # machines) when its process group starts. Only `inference_all_reduce` (AutoTP inference) uses that op; every
+    # training collective goes through torch.distributed (gloo). DeepSpeed asks its per-process table of
+    # compatible ops whether to build it; marking the op unavailable there skips the build. VQRAE_DS_SHM_OP=1 keeps
+    # DeepSpeed's default.
+    if os.environ.get("VQRAE_DS_SHM_OP") == "1":
+        return
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
+def is_initialized() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def barrier() -> None:
+    if is_initialized() and tdist.get_world_size() > 1:
+        tdist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes, in place (a no-op in one process)."""
+    if is_initialized() and tdist.get_world_size() > 1:
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.SUM)
+    return tensor
+
+
+def destroy() -> None:
+    if is_initialized():
+        tdist.destroy_process_group()
