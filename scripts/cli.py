@@ -18,6 +18,7 @@ from scripts import CLIError
 # Order is the order of `vqrae --help`.
 COMMANDS = [
     "reconstruct",
+    "train",
     "chat",
     "generate",
     "bench",
