@@ -22,6 +22,7 @@ COMMANDS = [
     "chat",
     "generate",
     "bench",
+    "data",
 ]
 
 
