@@ -1,0 +1,109 @@
+"""`vqrae chat`: a multi-turn conversation with a unified model, with images both ways.
+
+Ask about attached images, `/draw` an image and then ask about it: the drawn image joins the conversation like an
+attached one. Reads lines from stdin, so it also runs from a pipe (then without the `> ` prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scripts import CLIError
+from scripts.generate import add_draw_arguments, add_model_arguments, draw_settings, load_model
+
+HELP = """commands:
+  /image PATH    attach an image to your next message
+  /draw PROMPT   generate an image (saved, path printed); it joins the conversation
+  /reset         start a new conversation
+  /save FILE     write the transcript (messages and image files) as JSON
+  /help          this help
+  /quit          leave (also Ctrl-D)
+anything else is a message to the model."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="talk with a unified model: ask about images, draw images, discuss what was drawn",
+        description="Multi-turn chat with streamed answers. " + HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(p)
+    p.add_argument("--image", action="append", default=[], help="attach an image to the first message (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="answer temperature (default 0 = greedy)")
+    p.add_argument("--top-k", type=int, default=0, help="answer top-k (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="answer top-p in (0, 1]")
+    add_draw_arguments(p, prefix="draw-")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first /draw (then +1 per drawing)")
+    p.add_argument("--out-dir", default="chat_images", help="where /draw saves images (default chat_images)")
+    p.set_defaults(func=run)
+
+
+def _error(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from unified_model import validate_sampling
+    from unified_model.chat import ChatSession
+
+    validate_sampling(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    draw = draw_settings(args, prefix="draw_")
+    answer = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, seed=args.seed)
+    model = load_model(args)
+    session = ChatSession(model, out_dir=args.out_dir, answer=answer, draw=draw, seed=args.seed)
+    for path in args.image:
+        session.attach(path)  # a bad --image fails the command (exit 2)
+
+    interactive = sys.stdin.isatty()
+    out = sys.stdout
+    if interactive:
+        print("vqrae chat: type a message, /help for commands, /quit to leave.")
+    while True:
+        try:
+            line = input("> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            break
+        if not interactive and line == "":
+            break  # end of the pipe
+        line = line.strip()
+        if not line:
+            continue
+        cmd, _, arg = line.partition(" ") if line.startswith("/") else ("", "", line)
+        arg = arg.strip()
+        try:
+            if cmd in ("/quit", "/exit"):
+                break
+            elif cmd == "/help":
+                print(HELP, file=out)
+            elif cmd == "/reset":
+                session.reset()
+                print("(conversation cleared)", file=out)
+            elif cmd == "/image":
+                if not arg:
+                    raise ValueError("/image needs a path")
+                session.attach(arg)
+                print(f"(attached {arg})", file=out)
+            elif cmd == "/draw":
+                path = session.draw(arg)
+                print(f"(drew {path})", file=out)
+            elif cmd == "/save":
+                if not arg:
+                    raise ValueError("/save needs a file name")
+                print(f"(saved {session.save(arg)})", file=out)
+            elif cmd:
+                raise ValueError(f"unknown command {cmd}; /help lists them")
+            else:
+                for piece in session.ask(arg):
+                    out.write(piece)
+                    out.flush()
+                out.write("\n")
+                out.flush()
+        except (ValueError, OSError) as exc:  # a bad line must not end the conversation
+            _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return 0
