@@ -20,6 +20,8 @@ import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 # Prompts per tag in the official set (553 in all); the ShapesWorld prompt set defaults to the same counts.
 TAG_COUNTS = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94, "position": 100, "color_attr": 100}
@@ -51,27 +53,36 @@ def noun_phrase(name: str, count: int = 1, color: str | None = None) -> str:
     return f"{NUMBER_WORDS.get(count, str(count))} {plural(words)}"
 
 
+def _relation_masks(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """The official rule, vectorised over broadcast boxes (..., 4): relation -> bool array."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    off = (a[..., :2] + a[..., 2:4] - b[..., :2] - b[..., 2:4]) / 2
+    dims = (a[..., 2:4] - a[..., :2]) + (b[..., 2:4] - b[..., :2])
+    revised = np.maximum(np.abs(off) - POSITION_THRESHOLD * dims, 0) * np.sign(off)
+    some = ~np.all(np.abs(revised) < 1e-3, axis=-1)
+    d = revised / np.maximum(np.linalg.norm(off, axis=-1, keepdims=True), 1e-12)
+    return {"left of": some & (d[..., 0] < -0.5), "right of": some & (d[..., 0] > 0.5),
+            "above": some & (d[..., 1] < -0.5), "below": some & (d[..., 1] > 0.5)}
+
+
 def relative_position(box_a: Sequence[float], box_b: Sequence[float]) -> set[str]:
     """Relations of box A to box B (xyxy, image coordinates, y down), by the official GenEval rule."""
-    ax0, ay0, ax1, ay1 = map(float, box_a[:4])
-    bx0, by0, bx1, by1 = map(float, box_b[:4])
-    off = ((ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2)
-    dims = ((ax1 - ax0) + (bx1 - bx0), (ay1 - ay0) + (by1 - by0))
-    revised = [max(abs(o) - POSITION_THRESHOLD * d, 0.0) * (1 if o > 0 else -1 if o < 0 else 0) for o, d in zip(off, dims)]
-    if all(abs(r) < 1e-3 for r in revised):
-        return set()
-    norm = (off[0] ** 2 + off[1] ** 2) ** 0.5
-    dx, dy = revised[0] / norm, revised[1] / norm
-    rels = set()
-    if dx < -0.5:
-        rels.add("left of")
-    if dx > 0.5:
-        rels.add("right of")
-    if dy < -0.5:
-        rels.add("above")
-    if dy > 0.5:
-        rels.add("below")
-    return rels
+    return {rel for rel, m in _relation_masks(box_a[:4], box_b[:4]).items() if m}
+
+
+# Every box edge moved by -1 or +1 (the corners of the error hypercube), plus no error at all.
+_EDGE_ERRORS = np.array([[0, 0, 0, 0]] + list(itertools.product((-1, 1), repeat=4)), np.float64)
+
+
+def stable_relations(box_a: Sequence[float], box_b: Sequence[float], margin: float = 2.0) -> tuple[set, set]:
+    """(relations that hold, relations that may hold) when every box edge may be off by up to `margin` pixels.
+
+    ShapesWorld text states only the first and denies only what is outside the second, so a detector whose boxes
+    include an antialiased rim (thin star tips reach 2 px) reads the same relations as the ground truth."""
+    a = np.asarray(box_a[:4], np.float64) + margin * _EDGE_ERRORS[:, None, :]
+    b = np.asarray(box_b[:4], np.float64) + margin * _EDGE_ERRORS[None, :, :]
+    masks = _relation_masks(a, b)
+    return {r for r, m in masks.items() if m.all()}, {r for r, m in masks.items() if m.any()}
 
 
 def geneval_prompt(record: dict) -> str:

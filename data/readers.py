@@ -325,6 +325,35 @@ def conversation_dataset(path, size: int | None = 256, crop: str = "center", spl
     return ImageDataset(open_source(path, "conversation", split, image_root, image_key), size, crop, False)
 
 
+class ShapesDataset(Dataset):
+    """ShapesWorld rendered on the fly (no files): items {pixels, name, skipped, id, caption, conversations, record}.
+
+    Item i of a split is the same image as `vqrae data shapes` writes for that (seed, split, index).
+    """
+
+    def __init__(self, num: int, config=None, seed: int = 0, split: str = "train", size: int | None = None):
+        from data.shapes import ShapesConfig, sample_rng
+
+        sample_rng(seed, split)  # validates the split name now rather than in a worker
+        self.num, self.config, self.seed, self.split, self.size = num, config or ShapesConfig(), seed, split, size
+
+    def __len__(self) -> int:
+        return self.num
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        from data.shapes import render_sample
+
+        if not 0 <= i < self.num:
+            raise IndexError(i)
+        s = render_sample(self.config, self.seed, self.split, i)
+        pixels = image_to_tensor(Image.fromarray(s.image), self.size)
+        rec = s.record
+        return {"pixels": pixels, "name": rec["id"], "skipped": 0, "id": rec["id"], "caption": rec["caption"],
+                "conversations": rec["conversations"], "record": rec}
+
+
 def collate(batch: list[dict]) -> dict:
     """Stack "pixels" (when all present and equal in shape), sum "skipped", keep every other field as a list."""
     out: dict[str, Any] = {k: [b.get(k) for b in batch] for k in batch[0]}
@@ -336,5 +365,5 @@ def collate(batch: list[dict]) -> dict:
     return out
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "caption_dataset", "collate", "conversation_dataset",
+__all__ = ["IMAGE_EXTENSIONS", "ImageDataset", "ShapesDataset", "caption_dataset", "collate", "conversation_dataset",
            "image_dataset", "open_source"]

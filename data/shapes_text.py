@@ -9,14 +9,11 @@ multiple choice with lettered options. Each pair is `{"question", "answer", "typ
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data.geneval import OPPOSITE, geneval_prompt, make_record, noun_phrase, plural, relative_position
-
-if TYPE_CHECKING:
-    from data.shapes import ShapesConfig
+from data.geneval import OPPOSITE, geneval_prompt, make_record, noun_phrase, plural, stable_relations
+from data.shapes import ShapesConfig, choice, sample
 
 # Shapes a model is most likely to confuse with each shape: the source of adversarial POPE negatives.
 CONFUSABLE = {
@@ -29,6 +26,7 @@ CONFUSABLE = {
 }
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # the LLaVA-1.5 prompt suffixes
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+POPE_KINDS = ("random", "popular", "adversarial")
 RELATION_WORD = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
 
 
@@ -67,7 +65,7 @@ def complete_records(objects: list[dict]) -> list[dict]:
         recs = [make_record("two_object", [{"class": a["class"], "count": 1}, {"class": b["class"], "count": 1}]),
                 make_record("color_attr", [{"class": a["class"], "count": 1, "color": a["color"]},
                                            {"class": b["class"], "count": 1, "color": b["color"]}])]
-        for rel in sorted(relative_position(b["box"], a["box"])):
+        for rel in sorted(stable_relations(b["box"], a["box"])[0]):
             recs.append(make_record("position", [{"class": a["class"], "count": 1},
                                                  {"class": b["class"], "count": 1, "position": [rel, 0]}]))
         return recs
@@ -104,7 +102,7 @@ def _pope_negative(present: set[str], cfg: ShapesConfig, kind: str, rng: np.rand
             for other in CONFUSABLE.get(c, ()):
                 if other in absent:
                     return other
-    return str(rng.choice(absent))
+    return choice(rng, absent)
 
 
 def vqa_for(objects: list[dict], cfg: ShapesConfig, rng: np.random.Generator) -> list[dict]:
@@ -113,7 +111,7 @@ def vqa_for(objects: list[dict], cfg: ShapesConfig, rng: np.random.Generator) ->
     color_counts = Counter(o["color"] for o in objects)
     present = set(counts)
     out = [_qa("How many objects are there in the image?", str(len(objects)), "count")]
-    asked = str(rng.choice(cfg.classes))
+    asked = choice(rng, cfg.classes)
     out.append(_qa(f"How many {plural(asked)} are there in the image?", str(counts.get(asked, 0)), "count"))
 
     unique = [o for o in objects if counts[o["class"]] == 1]
@@ -126,8 +124,8 @@ def vqa_for(objects: list[dict], cfg: ShapesConfig, rng: np.random.Generator) ->
         out.append(_qa(f"What shape is the {o['color']} object?", o["class"], "shape"))
 
     if len(present) < len(cfg.classes):  # POPE: a yes and a no for every image
-        kind = str(rng.choice(["random", "popular", "adversarial"]))
-        yes = str(rng.choice(sorted(present)))
+        kind = choice(rng, POPE_KINDS)
+        yes = choice(rng, sorted(present))
         no = _pope_negative(present, cfg, kind, rng)
         pair = [_qa(f"Is there a {yes} in the image?", "yes", "exist", kind),
                 _qa(f"Is there a {no} in the image?", "no", "exist", kind)]
@@ -136,9 +134,9 @@ def vqa_for(objects: list[dict], cfg: ShapesConfig, rng: np.random.Generator) ->
     pairs = [(a, b) for a in unique for b in unique if a is not b]
     if pairs:
         a, b = pairs[int(rng.integers(len(pairs)))]
-        rels = relative_position(a["box"], b["box"])
-        if len(rels) == 1:
-            rel = next(iter(rels))
+        sure, maybe = stable_relations(a["box"], b["box"])
+        if len(maybe) == 1 and sure == maybe:  # one relation, whatever the box error
+            rel = next(iter(sure))
             out.append(_qa(f"Where is the {a['class']} relative to the {b['class']}?", RELATION_WORD[rel], "position"))
             asked_rel, answer = (rel, "yes") if rng.random() < 0.5 else (OPPOSITE[rel], "no")
             out.append(_qa(f"Is the {a['class']} {asked_rel} the {b['class']}?", answer, "position"))
@@ -150,8 +148,7 @@ def vqa_for(objects: list[dict], cfg: ShapesConfig, rng: np.random.Generator) ->
         else:
             o = unique[int(rng.integers(len(unique)))]
             stem, truth, pool = f"What color is the {o['class']}?", o["color"], cfg.colors
-        distractors = [str(x) for x in rng.choice([p for p in pool if p != truth], size=min(3, len(pool) - 1),
-                                                  replace=False)]
+        distractors = sample(rng, [p for p in pool if p != truth], 3)
         choices = [truth, *distractors]
         choices = [choices[i] for i in rng.permutation(len(choices))]
         letters = "ABCD"

@@ -29,6 +29,7 @@ from data.shapes import SPLITS, ShapesConfig, config_dict, render_sample
 
 logger = logging.getLogger(__name__)
 
+HF_BATCH = 2048
 CHUNK = 256  # samples per pool task: large enough to amortise pickling, small enough for a smooth progress bar
 
 
@@ -105,6 +106,10 @@ def write_shapes(out: str | Path, cfg: ShapesConfig, sizes: dict[str, int], seed
     unknown = [f for f in formats if f not in ("folder", "hf")] + [s for s in sizes if s not in SPLITS]
     if unknown or not formats:
         raise ValueError(f"unknown formats/splits {unknown}; formats are folder and hf, splits {tuple(SPLITS)}")
+    if "hf" in formats:
+        from datasets import Dataset, DatasetDict, concatenate_datasets
+
+        features = hf_features()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -114,6 +119,7 @@ def write_shapes(out: str | Path, cfg: ShapesConfig, sizes: dict[str, int], seed
         if n <= 0:
             continue
         rows: list[dict] = []
+        parts = []  # Arrow tables of HF_BATCH rows each: far less memory than one big list of dicts
         meta_file = None
         if "folder" in formats:
             (out / split / "images").mkdir(parents=True, exist_ok=True)
@@ -126,18 +132,18 @@ def write_shapes(out: str | Path, cfg: ShapesConfig, sizes: dict[str, int], seed
                     meta_file.write(json.dumps({"file_name": rel, "image": rel} | rec) + "\n")
                 if "hf" in formats:
                     rows.append(_hf_row(png, rec))
+                    if len(rows) == HF_BATCH:
+                        parts.append(Dataset.from_list(rows, features=features))
+                        rows = []
                 bar.update(1)
         finally:
             if meta_file is not None:
                 meta_file.close()
-        if rows:
-            from datasets import Dataset
-
-            hf_splits[split] = Dataset.from_list(rows, features=hf_features())
+        if "hf" in formats:
+            parts += [Dataset.from_list(rows, features=features)] if rows else []
+            hf_splits[split] = concatenate_datasets(parts)
     bar.close()
     if hf_splits:
-        from datasets import DatasetDict
-
         DatasetDict(hf_splits).save_to_disk(str(out / "hf"))
     info = {"generator": "ShapesWorld", "seed": seed, "splits": sizes, "formats": list(formats),
             "config": config_dict(cfg), "seconds": round(time.perf_counter() - t0, 2)}
