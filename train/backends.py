@@ -51,7 +51,6 @@ class PlainBackend:
         self.module = self.model = module.to(device)
         self.device = device
         self.cfg = cfg
-        self.float_dtype = None  # weights stay fp32; autocast does the bf16 compute
         self.bf16 = bf16
         self.optimizer = make_optimizer(groups, cfg)
         self.scheduler = _scheduler_factory(cfg)(self.optimizer)
@@ -164,7 +163,6 @@ class DeepSpeedBackend:
         self.engine = self.model = engine
         self.optimizer, self.scheduler = optimizer, scheduler
         self.zero_stage = engine.zero_optimization_stage()
-        self.float_dtype = torch.bfloat16 if bf16 else None  # module weights are bf16: feed it bf16
 
     def autocast(self):
         return contextlib.nullcontext()
@@ -195,21 +193,23 @@ class DeepSpeedBackend:
             raise FileNotFoundError(f"checkpoint {folder} has no DeepSpeed state (was it written by a plain run?)")
 
     def full_state_dict(self, checkpoint: Path | None) -> dict[str, torch.Tensor] | None:
-        """Full fp32 weights, on the main process (None elsewhere). ZeRO 1-3 read them back from the checkpoint
-        just written (fp32 master weights, gathered over every shard); stage 0 holds them in every process."""
-        if self.zero_stage == 0:
+        """Full fp32 weights on the main process (None elsewhere); every process must call it. Below ZeRO-3 each
+        process holds every weight, and the fp32 masters of the trainable ones (bf16 runs) come from the optimizer
+        (a collective). ZeRO-3 weights are read back from the checkpoint just written, merged over all shards."""
+        rank = torch.distributed.get_rank()
+        if self.zero_stage < 3:
             from deepspeed.utils import safe_get_full_fp32_param
 
             state = self.module.state_dict()
-            for name, p in self.module.named_parameters():
-                fp32 = safe_get_full_fp32_param(p)  # bf16 runs keep fp32 masters in the optimizer
+            for name, p in self.module.named_parameters(remove_duplicate=False):  # tied weights: every name
+                fp32 = safe_get_full_fp32_param(p) if p.requires_grad else None
                 if fp32 is not None:
                     state[name] = fp32
-            return _fp32_cpu(state) if torch.distributed.get_rank() == 0 else None
-        if torch.distributed.get_rank() != 0:
+            return _fp32_cpu(state) if rank == 0 else None
+        if rank != 0:
             return None
         if checkpoint is None:
-            raise RuntimeError("exporting ZeRO weights needs a checkpoint")
+            raise RuntimeError("exporting ZeRO-3 weights needs a checkpoint")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return _fp32_cpu(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=_DS_TAG))

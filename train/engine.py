@@ -34,7 +34,7 @@ from .checkpoint import CheckpointManager, load_rng, read_json, rng_state, save_
 from .config import TrainConfig, config_to_dict, save_config
 from .data import check_dataset, micro_batches
 from .metrics import MetricsLog, plot_loss_curve
-from .stage import Stage, check_param_groups, move_batch
+from .stage import Stage, check_param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +81,13 @@ class Engine:
         if cfg.deepspeed is None and world_env > 1:
             raise ValueError(f"{world_env} processes were launched but deepspeed is null: set deepspeed=zero1 "
                              "(or zero2, zero3, ...) to train on several processes")
-        self.owns_process_group = cfg.deepspeed is not None and not distributed.is_initialized()
         self.dist = distributed.init_deepspeed_distributed() if cfg.deepspeed else distributed.DistInfo()
         self.device = self._device()
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         if self.bf16 and self.device.type == "cpu":
             logger.warning("bf16 on the CPU is many times slower than fp32 here; precision=auto picks fp32")
+        stage = self.stage
+        stage.device, stage.float_dtype = self.device, torch.bfloat16 if self.bf16 and cfg.deepspeed else None
         self.ckpts = CheckpointManager(self.out / "checkpoints", cfg.keep_last, self.dist.is_main, distributed.barrier)
         self.resume_from = self._resume_checkpoint()
         if self.dist.is_main:
@@ -188,8 +189,6 @@ class Engine:
         if dist.is_main and log is not None:
             plot_loss_curve(log.path, self.out / "loss.png", title=stage.name)
             logger.info("done: step %d, final weights in %s, metrics in %s", step, final, log.path)
-        if self.owns_process_group:
-            distributed.destroy()
         return TrainResult(self.out, step, final if dist.is_main else None, last_ckpt, last_record)
 
     def _train_step(self, batches, step: int) -> dict[str, float]:
@@ -199,7 +198,7 @@ class Engine:
         backend.model.train()
         sums: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
-            batch = move_batch(next(batches), self.device, backend.float_dtype)
+            batch = self.stage.to_device(next(batches))
             with backend.autocast():
                 loss, metrics = self.stage.loss(backend.model, batch, step)
             if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
@@ -232,9 +231,12 @@ class Engine:
         )
 
     def _lr_record(self, lrs: list[float]) -> dict[str, float]:
+        """`lr` (the first group's) and, when groups differ, `lr/NAME` per group name (`param_groups`'
+        `/decay` and `/no_decay` halves share one entry)."""
         record = {"lr": lrs[0]}
         if len({*lrs}) > 1:
-            record.update({f"lr/{n}": lr for n, lr in zip(self.group_names, lrs)})
+            for name, lr in zip(self.group_names, lrs):
+                record.setdefault(f"lr/{name.removesuffix('/decay').removesuffix('/no_decay')}", lr)
         return record
 
     def _evaluate(self, step: int, log: MetricsLog | None) -> None:

@@ -44,6 +44,14 @@ class Stage:
         if not isinstance(config, self.config_class):
             raise TypeError(f"stage {self.name or type(self).__name__} needs a {self.config_class.__name__}")
         self.config = config
+        # Set by the engine before build_model: where the model runs, and the dtype its floating inputs need
+        # (bfloat16 under DeepSpeed bf16, whose weights are bf16; None: leave them as they are).
+        self.device = torch.device("cpu")
+        self.float_dtype: torch.dtype | None = None
+
+    def to_device(self, batch: Any) -> Any:
+        """Move a batch the stage built itself (in `evaluate`) the way the engine moves training batches."""
+        return move_batch(batch, self.device, self.float_dtype)
 
     # -- what to train
     def build_model(self) -> nn.Module:
