@@ -159,9 +159,10 @@ class TarSource:
         for s, shard in enumerate(self.shards):
             groups: dict[str, dict[str, Any]] = {}
             try:
+                end = shard.stat().st_size
                 with tarfile.open(shard, "r:") as tar:
                     for m in tar:
-                        if not m.isfile():
+                        if not m.isfile() or m.offset_data + m.size > end:  # cut off by a truncated shard
                             continue
                         head, _, base = m.name.rpartition("/")
                         stem, _, ext = base.partition(".")

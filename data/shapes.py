@@ -40,6 +40,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "white": (250, 250, 250),
 }
 BACKGROUNDS = ("plain", "gradient", "noise")
+MIN_CONTRAST = 64  # fill vs background, in 8-bit levels of the most different channel
 # Part of every sample's seed, so splits never share a random stream ("geneval": reference scenes of a prompt set).
 SPLITS = {"train": 0, "val": 1, "test": 2, "geneval": 3}
 SCENE_TAGS = (*TAGS, "scene")  # "scene": 1 to max_objects free objects, described by the full captions
@@ -242,20 +243,26 @@ def ground_truth(objects: list[ShapeObject], labels: np.ndarray) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ scene sampling
 
 
-def _sample_background(rng: np.random.Generator, cfg: ShapesConfig) -> Background:
-    """Low-saturation mid-tone backgrounds: never close to any palette colour, black or white included."""
+def _sample_background(rng: np.random.Generator, cfg: ShapesConfig, fills: list[tuple[int, int, int]]) -> Background:
+    """A low-saturation mid-tone background, at least MIN_CONTRAST levels (in some channel) from every fill colour,
+    so every object edge is visible and a detector can separate objects from the background."""
     kind = choice(rng, cfg.backgrounds)
+    fills_arr = np.asarray(fills, np.float32).reshape(-1, 1, 3)
 
-    def tone() -> tuple[int, int, int]:
-        level = rng.uniform(85, 185)
-        return tuple(int(round(level + t)) for t in rng.uniform(-12, 12, 3))
+    def tones(n: int) -> list[tuple[int, int, int]]:
+        for _ in range(100):
+            levels = rng.uniform(85, 185, (n, 1)) + rng.uniform(-12, 12, (n, 3))
+            probe = np.concatenate([levels, levels.mean(0, keepdims=True)])  # a gradient's middle too
+            if (np.abs(probe[None] - fills_arr).max(-1) >= MIN_CONTRAST).all():
+                break
+        return [tuple(int(v) for v in np.rint(t)) for t in levels]
 
     if kind == "gradient":
-        return Background(kind, [tone(), tone()], angle=float(rng.uniform(0, 2 * math.pi)))
+        return Background(kind, tones(2), angle=float(rng.uniform(0, 2 * math.pi)))
     if kind == "noise":
         std = float(rng.uniform(0.5, 1.0) * cfg.noise_std)
-        return Background(kind, [tone()], noise_seed=int(rng.integers(2**31)), noise_std=round(std, 2))
-    return Background(kind, [tone()])
+        return Background(kind, tones(1), noise_seed=int(rng.integers(2**31)), noise_std=round(std, 2))
+    return Background(kind, tones(1))
 
 
 def _layout(rng: np.random.Generator, n: int, cfg: ShapesConfig) -> list[tuple[float, float, float]] | None:
@@ -336,7 +343,7 @@ def sample_scene(rng: np.random.Generator, cfg: ShapesConfig, tag: str | None = 
                    zip(specs, layout)]
         if rec and not _satisfies(rec, [{"class": o.shape, "color": o.color, "box": _box(o)} for o in objects]):
             continue  # cheap test on analytic boxes first: most failing layouts are never rendered
-        background = _sample_background(rng, cfg)
+        background = _sample_background(rng, cfg, [o.rgb for o in objects])
         image, labels = render(objects, background, cfg.size)
         gt = ground_truth(objects, labels)
         # Layouts are drawn blindly; keep one whose rendered boxes satisfy the record.
