@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unified_model import generate_text, sample_image_codes, validate_sampling
-from unified_model.generation import filter_logits, guidance_scale_at, sample
+from unified_model.generation import candidates, guidance_scale_at, sample
 from unified_model.testing import tiny_unified_model
 
 PROMPTS = ["a red circle", "a green triangle above a yellow circle on the left"]  # different lengths: padding
@@ -79,22 +79,30 @@ def test_seeds_reproduce_and_do_not_depend_on_batching(um):
 
 
 def test_filtering_and_sampling_primitives():
-    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
-    assert torch.isinf(filter_logits(logits, 1.0, top_k=2)).tolist() == [[False, False, True, True, True]]
-    p = logits.softmax(-1)[0]
-    top_p = float(p[0] + 0.5 * p[1])  # needs the first two tokens
-    kept = ~torch.isinf(filter_logits(logits, 1.0, top_p=top_p))
-    assert kept.tolist() == [[True, True, False, False, False]]
-    assert int(sample(logits, 0.0, 0, 1.0, None)) == 0
-    # Inverse CDF: the uniform picks the token whose interval contains it.
+    logits = torch.tensor([[0.0, 4.0, 1.0, 3.0, 2.0]])
     probs = logits.softmax(-1)[0]
+    g = torch.Generator().manual_seed(0)
+
+    def support(**kw):
+        draws = torch.cat([sample(logits, 1.0, uniforms=torch.rand(1, generator=g), **kw) for _ in range(600)])
+        return draws
+
+    assert set(support(top_k=2, top_p=1.0).tolist()) == {1, 3}
+    assert set(support(top_k=0, top_p=float(probs[1] + 0.5 * probs[3])).tolist()) == {1, 3}
+    assert set(support(top_k=3, top_p=float(probs[1] * 0.5)).tolist()) == {1}
+    cand, index = candidates(logits, 1.0, top_k=0, top_p=1.0)
+    assert index is None and torch.equal(cand, logits)
+    assert int(sample(logits, 0.0, 0, 1.0, None)) == 1
+    # Inverse CDF over the vocabulary: the uniform picks the token whose interval contains it.
     u = (probs[0] + probs[1] * 0.5).reshape(1)
     assert int(sample(logits, 1.0, 0, 1.0, u)) == 1
-    assert int(sample(logits, 1.0, 1, 1.0, torch.tensor([0.99]))) == 0  # top-k 1 is greedy
-    g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample(logits, 1.0, 0, 1.0, torch.rand(1, generator=g)) for _ in range(2000)])
-    freq = torch.bincount(draws.flatten(), minlength=5).float() / 2000
-    assert torch.allclose(freq, probs, atol=0.04)
+    assert int(sample(logits, 1.0, 0, 1.0, torch.zeros(1))) == 0
+    draws = support(top_k=0, top_p=1.0)
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert torch.allclose(freq, probs, atol=0.05)
+    draws = support(top_k=4, top_p=1.0)  # renormalised over the 4 best
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[0] == 0 and torch.allclose(freq[1:], probs[1:] / probs[1:].sum(), atol=0.05)
     assert guidance_scale_at(0, 5, 3.0, "linear") == 1.0 and guidance_scale_at(4, 5, 3.0, "linear") == 3.0
     assert guidance_scale_at(2, 5, 3.0, "constant") == 3.0
 

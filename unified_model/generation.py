@@ -55,20 +55,25 @@ def validate_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1
         raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}, got {cfg_schedule!r}")
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) on (B, V) logits; filtered entries become -inf."""
+def candidates(logits: torch.Tensor, temperature: float, top_k: int = 0,
+               top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature, top-k, then top-p (nucleus) on (B, V) logits.
+
+    Returns the candidates' logits (filtered ones are -inf) and their vocabulary ids, or None when the candidates
+    are the whole vocabulary in order. With top-k only the k best are kept (and sorted), so top-p then sorts k
+    values, not V: what makes a sampling step cheap next to the forward pass.
+    """
     logits = logits / temperature
+    index = None
     if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, index = torch.topk(logits, top_k, dim=-1)  # sorted, descending
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
+        if index is None:
+            logits, index = torch.sort(logits, dim=-1, descending=True)
+        probs = logits.softmax(-1)
         # Drop a token when the tokens before it already hold top_p of the mass; the first is always kept.
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+        logits = logits.masked_fill((probs.cumsum(-1) - probs) >= top_p, float("-inf"))
+    return logits, index
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -76,11 +81,12 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     """(B, V) logits -> (B,) ids. Greedy when temperature is 0; otherwise inverse-CDF with one uniform per row."""
     if temperature == 0 or uniforms is None:
         return logits.argmax(-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-    cdf = probs.cumsum(-1)
+    cand, index = candidates(logits, temperature, top_k, top_p)
+    cdf = cand.softmax(-1).cumsum(-1)
     # right=True: the first index whose cdf exceeds u * total, which always has non-zero probability.
-    idx = torch.searchsorted(cdf, (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True)
-    return idx.squeeze(-1).clamp_max(logits.shape[-1] - 1)
+    pick = torch.searchsorted(cdf, (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True)
+    pick = pick.clamp_max(cand.shape[-1] - 1)
+    return (pick if index is None else index.gather(-1, pick)).squeeze(-1)
 
 
 def row_uniforms(seeds: Sequence[int], steps: int, device: torch.device) -> torch.Tensor:

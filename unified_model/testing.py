@@ -47,11 +47,16 @@ def tiny_llm(vocab_size: int, hidden_size: int = 32, num_layers: int = 2, num_he
     return Qwen2ForCausalLM(config).eval()
 
 
-def tiny_unified_model(seed: int = 0, template: str = "chatml", vqrae_overrides: dict | None = None,
-                       llm_kwargs: dict | None = None, **kwargs) -> UnifiedModel:
-    """A random unified model: tiny BPE + tiny Qwen2 + tiny VQRAE (32 px, 4x4 grid, 64 codes by default)."""
+def tiny_unified_model(seed: int = 0, template: str = "chatml", image_size: int = 32,
+                       vqrae_overrides: dict | None = None, llm_kwargs: dict | None = None, **kwargs) -> UnifiedModel:
+    """A random unified model: tiny BPE + tiny Qwen2 + tiny VQRAE (patch 8: 32 px is a 4x4 grid; 64 codes by
+    default). `kwargs` go to `UnifiedModel.from_components` (template options, projector, code init, ...)."""
     torch.manual_seed(seed)
     tok = tiny_text_tokenizer()
     llm = tiny_llm(len(tok), **(llm_kwargs or {}))
-    vq = VQRAE(tiny_vqrae_config(**(vqrae_overrides or {}))).eval()
+    overrides = dict(vqrae_overrides or {})
+    if image_size != 32:
+        encoder = dict(tiny_vqrae_config().encoder_config, image_size=image_size)
+        overrides = {"encoder_config": encoder, "image_size": image_size, **overrides}
+    vq = VQRAE(tiny_vqrae_config(**overrides)).eval()
     return UnifiedModel.from_components(llm, tok, vq, template=template, **kwargs).eval()
