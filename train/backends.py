@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .schedules import build_scheduler
+from .schedules import build_scheduler, resync_lrs
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class PlainBackend:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        resync_lrs(self.scheduler)
 
     def full_state_dict(self, checkpoint: Path | None) -> dict[str, torch.Tensor]:
         return _fp32_cpu(self.module.state_dict())
@@ -191,6 +192,7 @@ class DeepSpeedBackend:
                                               load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"checkpoint {folder} has no DeepSpeed state (was it written by a plain run?)")
+        resync_lrs(self.scheduler)
 
     def full_state_dict(self, checkpoint: Path | None) -> dict[str, torch.Tensor] | None:
         """Full fp32 weights on the main process (None elsewhere); every process must call it. Below ZeRO-3 each

@@ -37,3 +37,12 @@ def build_scheduler(
         lr_factor, schedule=schedule, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio
     )
     return LambdaLR(optimizer, fn)
+
+
+def resync_lrs(scheduler: LambdaLR) -> None:
+    """Set each group's lr from the schedule at the scheduler's step. After loading a checkpoint this is a no-op
+    for an unchanged config, and makes a resume with a new max_steps (a longer cosine) use the new schedule at
+    once instead of the lr stored in the optimizer state."""
+    step = scheduler.last_epoch
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
