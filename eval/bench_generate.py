@@ -49,7 +49,7 @@ def _setup(args: argparse.Namespace):
 
     model = tiny_unified_model(
         seed=0, image_size=8 * args.grid, vqrae_overrides={"codebook_size": args.codebook_size},
-        llm_kwargs=dict(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads),
+        llm_kwargs={"hidden_size": args.hidden_size, "num_layers": args.layers, "num_heads": args.heads},
     ).to(args.device)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
     return model, prompts
@@ -82,14 +82,14 @@ def _cases(args, model, prompts):
     rows_ids, rows_mask = left_pad(cond_rows + uncond_rows, pad)  # the batch our sampler builds
     fixed = torch.full((len(rows_ids),), lo, dtype=torch.long, device=dev)
     seeds = list(range(len(prompts)))
-    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
 
     def ours(greedy: bool = False):
         s = dict(sampling, temperature=0.0) if greedy else sampling
         return sample_image_codes(model, prompts, seeds, cfg_scale=args.cfg_scale, **s)
 
     def hf(greedy: bool = False):
-        s = dict(do_sample=False) if greedy else dict(do_sample=True, **sampling)
+        s = {"do_sample": False} if greedy else dict(do_sample=True, **sampling)
         out = model.llm.generate(
             input_ids=cond[0].to(dev), attention_mask=cond[1].to(dev), negative_prompt_ids=uncond[0].to(dev),
             negative_prompt_attention_mask=uncond[1].to(dev), guidance_scale=args.cfg_scale,

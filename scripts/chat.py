@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     draw = draw_settings(args, prefix="draw_")
-    answer = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, seed=args.seed)
+    answer = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+                  "top_p": args.top_p, "seed": args.seed}
     model = load_model(args)
     session = ChatSession(model, out_dir=args.out_dir, answer=answer, draw=draw, seed=args.seed)
     for path in args.image:

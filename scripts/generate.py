@@ -33,9 +33,9 @@ def draw_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The keyword arguments of `generate_images` chosen by `add_draw_arguments`, validated."""
     from unified_model import validate_sampling
 
-    get = lambda name: getattr(args, prefix + name)  # noqa: E731
-    s = dict(cfg_scale=None if get("no_cfg") else get("cfg_scale"), cfg_schedule=get("cfg_schedule"),
-             temperature=get("temperature"), top_k=get("top_k"), top_p=get("top_p"))
+    get = lambda name: getattr(args, prefix + name)
+    s = {"cfg_scale": None if get("no_cfg") else get("cfg_scale"), "cfg_schedule": get("cfg_schedule"),
+             "temperature": get("temperature"), "top_k": get("top_k"), "top_p": get("top_p")}
     validate_sampling(**s)
     return s
 

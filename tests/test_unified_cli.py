@@ -79,7 +79,7 @@ def test_chat_draw_then_ask_about_the_drawing(model_dir, photo, tmp_path, monkey
 
 
 def test_chat_attaches_image_from_command_line(model_dir, photo, tmp_path, monkeypatch, capsys):
-    code, out, err = _chat(monkeypatch, capsys, ["--model", str(model_dir), "--image", str(photo),
+    code, _out, err = _chat(monkeypatch, capsys, ["--model", str(model_dir), "--image", str(photo),
                                                  "--max-new-tokens", "3"], ["what is this?",
                                                                             f"/save {tmp_path / 's.json'}"])
     assert code == 0 and err == ""
@@ -95,7 +95,7 @@ def test_chat_attaches_image_from_command_line(model_dir, photo, tmp_path, monke
 ])
 def test_chat_bad_input_one_line_exit_2(model_dir, monkeypatch, capsys, args, match):
     full = (["--model", str(model_dir)] if "--model" not in args else []) + args
-    code, out, err = _chat(monkeypatch, capsys, full, ["hi"])
+    code, _out, err = _chat(monkeypatch, capsys, full, ["hi"])
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
 
 

@@ -27,9 +27,9 @@ def test_greedy_cfg_scale_one_equals_plain_greedy(um):
 
 
 @pytest.mark.parametrize("settings", [
-    dict(cfg_scale=3.0, temperature=0.0),
-    dict(cfg_scale=3.0, temperature=1.0, top_k=20, top_p=0.9),
-    dict(cfg_scale=2.0, cfg_schedule="linear", temperature=0.7),
+    {"cfg_scale": 3.0, "temperature": 0.0},
+    {"cfg_scale": 3.0, "temperature": 1.0, "top_k": 20, "top_p": 0.9},
+    {"cfg_scale": 2.0, "cfg_schedule": "linear", "temperature": 0.7},
 ])
 def test_kv_cache_equals_recompute(um, settings):
     cached = sample_image_codes(um, PROMPTS, [3, 4], use_cache=True, **settings)
@@ -68,7 +68,7 @@ def test_every_sampled_token_is_a_code_even_when_text_dominates():
 
 
 def test_seeds_reproduce_and_do_not_depend_on_batching(um):
-    kw = dict(num_images=3, cfg_scale=3.0, temperature=1.0, top_k=30, seed=11)
+    kw = {"num_images": 3, "cfg_scale": 3.0, "temperature": 1.0, "top_k": 30, "seed": 11}
     a = um.generate_images(PROMPTS, batch_size=6, **kw)
     b = um.generate_images(PROMPTS, batch_size=2, **kw)
     assert torch.equal(a.codes, b.codes)
@@ -108,8 +108,8 @@ def test_filtering_and_sampling_primitives():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(temperature=-1.0), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
-    (dict(top_k=-3), "top_k"), (dict(cfg_scale=-1.0), "cfg_scale"), (dict(cfg_schedule="cosine"), "schedule"),
+    ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -3}, "top_k"), ({"cfg_scale": -1.0}, "cfg_scale"), ({"cfg_schedule": "cosine"}, "schedule"),
 ])
 def test_nonsensical_sampling_values_are_rejected(um, bad, match):
     with pytest.raises(ValueError, match=match):

@@ -60,9 +60,12 @@ def test_save_load_identical_logits_and_samples(um, tmp_path):
     with torch.no_grad():
         a, b = um(**batch), loaded(**batch)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
-    kw = dict(num_images=2, cfg_scale=3.0, temperature=1.0, top_k=20, seed=7)
+    kw = {"num_images": 2, "cfg_scale": 3.0, "temperature": 1.0, "top_k": 20, "seed": 7}
     assert torch.equal(um.generate_images(["a red circle"], **kw).codes,
                        loaded.generate_images(["a red circle"], **kw).codes)
+    mapped = UnifiedModel.from_pretrained(tmp_path / "m", device_map="auto")  # the accelerate loading path
+    with torch.no_grad():
+        assert torch.equal(mapped(**batch).logits, a.logits)
 
 
 def test_from_pretrained_missing_folder_or_file(um, tmp_path):
@@ -172,13 +175,16 @@ def test_mixed_batch_loss_trains_projector_and_skips_bad_records(um, tmp_path):
     batch = coll(records)
     assert coll.skipped == 2 and batch["input_ids"].shape[0] == 3
     um.train()
+    um.set_trainable(projector=True, llm=False)  # the align stage
     try:
         out = um(**batch)
         out.loss.backward()
     finally:
         um.eval()
+        um.set_trainable(projector=True, llm=True)
     assert torch.isfinite(out.loss)
     assert um.projector[0].weight.grad is not None and um.projector[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in um.llm.parameters()) and all(p.grad is None for p in um.vqrae.parameters())
     um.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="every record"):
         coll([{"caption": "x", "image": str(bad)}])

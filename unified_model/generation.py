@@ -258,8 +258,8 @@ def generate_images(
     codes = codes.view(len(prompts), num_images, h, w)
     images = [decode_codes(model, codes[p], batch_size) for p in range(len(prompts))]
     seeds = [[seed + p * num_images + i for i in range(num_images)] for p in range(len(prompts))]
-    settings = dict(num_images=num_images, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule, temperature=temperature,
-                    top_k=top_k, top_p=top_p, seed=seed, uncond=model.config.uncond)
+    settings = {"num_images": num_images, "cfg_scale": cfg_scale, "cfg_schedule": cfg_schedule, "temperature": temperature,
+                    "top_k": top_k, "top_p": top_p, "seed": seed, "uncond": model.config.uncond}
     return ImageGenerationOutput(codes=codes, images=images, seeds=seeds, settings=settings)
 
 

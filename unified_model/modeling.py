@@ -172,6 +172,12 @@ class UnifiedModel(nn.Module):
         init_code_embeddings(self.llm, self.config.code_offset, vectors)
         self.config.code_init = mode
 
+    def set_trainable(self, projector: bool = True, llm: bool = True, vqrae: bool = False) -> None:
+        """Choose what a training stage updates (align: projector only; SFT / generation: projector + LLM).
+        A frozen VQRAE is run under no_grad."""
+        for module, flag in ((self.projector, projector), (self.llm, llm), (self.vqrae, vqrae)):
+            module.requires_grad_(flag)
+
     # ----- embeddings -----
     @property
     def device(self) -> torch.device:

@@ -38,7 +38,7 @@ class ConversationTemplate:
 
         `add_generation_prompt=True` ends with the assistant prefix, ready for the model to answer.
         """
-        sub = lambda s: s.replace("{eos}", eos)  # noqa: E731
+        sub = lambda s: s.replace("{eos}", eos)
         out: list[tuple[str, bool]] = []
         msgs = list(messages)
         if self.default_system and not (msgs and msgs[0].get("role") == "system"):
@@ -48,7 +48,8 @@ class ConversationTemplate:
             if role not in ROLES:
                 raise ValueError(f"message {i}: role must be one of {ROLES}, got {role!r}")
             if not isinstance(content, str):
-                raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
+                # A bad record is a ValueError everywhere in the project (the CLI turns it into one line).
+                raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")  # noqa: TRY004
             if role == "system":
                 out.append((sub(self.system).format(content=content), False))
             elif role == "user":
