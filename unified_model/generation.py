@@ -302,7 +302,7 @@ def iter_text_tokens(
     uniforms = row_uniforms([seed + r for r in range(len(prompts))], max_new_tokens, device) if temperature else None
 
     def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.masked_fill(banned[: logits.shape[-1]], float("-inf"))
+        logits = logits.masked_fill(banned[: logits.shape[-1]].to(logits.device), float("-inf"))
         tok = sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, step])
         return tok.masked_fill(finished, cfg.pad_token_id)
 
