@@ -15,14 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import deepspeed  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-from train_toy import SimulatedCrash, ToyConfig, ToyStage  # noqa: E402
+import deepspeed
+import torch
+from safetensors.torch import load_file
+from train_toy import SimulatedCrash, ToyConfig, ToyStage
 
-from train import distributed, load_config  # noqa: E402
-from train.engine import Engine  # noqa: E402
-from train.metrics import read_metrics  # noqa: E402
+from train import distributed, load_config
+from train.engine import Engine
+from train.metrics import read_metrics
 
 
 def config(out: Path, ds: str, *extra: str) -> ToyConfig:

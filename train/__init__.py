@@ -12,5 +12,5 @@ from .config import TrainConfig, load_config, save_config
 from .engine import TrainingDiverged, TrainResult, train
 from .stage import Stage, param_groups, sub_state_dict
 
-__all__ = ["TrainConfig", "load_config", "save_config", "train", "TrainResult", "TrainingDiverged", "Stage",
-           "param_groups", "sub_state_dict"]
+__all__ = ["Stage", "TrainConfig", "TrainResult", "TrainingDiverged", "load_config", "param_groups", "save_config",
+           "sub_state_dict", "train"]

@@ -28,7 +28,7 @@ class DistInfo:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "DistInfo":
+    def from_env(cls) -> DistInfo:
         def env_int(name: str, default: int) -> int:
             raw = os.environ.get(name, str(default))
             try:
@@ -57,13 +57,14 @@ def init_deepspeed_distributed() -> DistInfo:
 
     if get_accelerator().device_name() == "cpu":
         _skip_cpu_shm_allreduce_build()
-    if launched():
-        deepspeed.init_distributed()
-    else:
-        deepspeed.init_distributed(
-            auto_mpi_discovery=False, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-        )
-    return DistInfo(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if not launched():
+        # A lone `vqrae train ... deepspeed=zero2`: DeepSpeed still wants a launcher's environment (it reads
+        # LOCAL_RANK itself), so describe a group of one, as a launcher would.
+        for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", str(_free_port()))):
+            os.environ.setdefault(key, value)
+    deepspeed.init_distributed()
+    return DistInfo(tdist.get_rank(), tdist.get_world_size(), DistInfo.from_env().local_rank)
 
 
 def _skip_cpu_shm_allreduce_build() -> None:
