@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_toy import SimulatedCrash, ToyConfig, ToyStage  # noqa: E402
+from train_toy import SimulatedCrash, ToyConfig, ToyStage
 
-import train.engine  # noqa: E402
-from train import TrainingDiverged, load_config  # noqa: E402
-from train.engine import Engine  # noqa: E402
-from train.metrics import read_metrics  # noqa: E402
-from train.stages import get_stage, register_stage  # noqa: E402
+import train.engine
+from train import TrainingDiverged, load_config
+from train.engine import Engine
+from train.metrics import read_metrics
+from train.stages import get_stage, register_stage
 
 
 def toy(out: Path, *overrides: str) -> ToyStage:
@@ -81,7 +81,7 @@ def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch):
     for ra, rb in zip(a, b):
         assert {k: v for k, v in ra.items() if k != "samples_per_s"} == \
                {k: v for k, v in rb.items() if k != "samples_per_s"}
-    evals = lambda out: [r for r in read_metrics(out / "metrics.jsonl") if "eval/mse" in r]  # noqa: E731
+    evals = lambda out: [r for r in read_metrics(out / "metrics.jsonl") if "eval/mse" in r]
     assert evals(tmp_path / "full") == evals(tmp_path / "resumed")
     for k, v in full.backend.module.state_dict().items():
         assert torch.equal(v, resumed.backend.module.state_dict()[k]), k

@@ -225,21 +225,13 @@ def _coerce(value: Any, tp: Any, key: str, where: str, from_string: bool) -> Any
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise bad()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if tp in (int, float):
+        numeric = (int,) if tp is int else (int, float)  # an int is a fine float; a float is no int
+        if isinstance(value, numeric) and not isinstance(value, bool):
+            return tp(value)
         if isinstance(value, str):
             try:
-                return int(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
+                return tp(value.strip())
             except ValueError:
                 raise bad() from None
         raise bad()

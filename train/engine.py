@@ -158,6 +158,7 @@ class Engine:
                    dynamic_ncols=True)
         window: dict[str, float] = defaultdict(float)
         window_steps, window_start, last_record = 0, time.perf_counter(), {}
+        run_start, run_first_step = window_start, step
         try:
             while step < cfg.max_steps:
                 lrs = backend.lrs()  # the lrs this update uses
@@ -166,9 +167,9 @@ class Engine:
                 for k, v in values.items():
                     window[k] += v
                 window_steps += 1
+                rate = global_batch * (step - run_first_step) / (time.perf_counter() - run_start)
                 bar.update(1)
-                bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{lrs[0]:.3g}",
-                                samples_s=f"{global_batch * window_steps / (time.perf_counter() - window_start):.1f}")
+                bar.set_postfix(loss=f"{values['loss']:.4g}", lr=f"{lrs[0]:.3g}", samples_s=f"{rate:.1f}")
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     elapsed = time.perf_counter() - window_start
                     last_record = {"step": step, **{k: v / window_steps for k, v in window.items()},
