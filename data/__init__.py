@@ -40,7 +40,7 @@ _EXPORTS = {
     "write_shapes": "data.shapes_writer", "write_prompt_set": "data.shapes_writer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

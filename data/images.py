@@ -82,7 +82,7 @@ def load_image(src: ImageSource, *, name: str | None = None) -> Image.Image:
             raise ValueError(f"not an image file (a directory): {label}")
         if path.stat().st_size == 0:
             raise ValueError(f"empty image file (0 bytes): {label}")
-        fp: BinaryIO = open(path, "rb")
+        fp: Path | BinaryIO = path  # PIL opens and closes it
     elif isinstance(src, (bytes, bytearray)):
         if len(src) == 0:
             raise ValueError(f"empty image (0 bytes): {label}")
@@ -103,9 +103,6 @@ def load_image(src: ImageSource, *, name: str | None = None) -> Image.Image:
         # PIL reports truncation as OSError and corrupt headers/chunks with a zoo of exception types.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"corrupt or truncated image: {label} ({reason})") from exc
-    finally:
-        if isinstance(src, (str, os.PathLike)):
-            fp.close()
 
 
 def image_to_tensor(
@@ -150,7 +147,7 @@ def image_to_tensor(
 def tensor_to_pil(t: torch.Tensor) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) tensor in [0, 1] -> PIL RGB (values clamped, then rounded to 8 bits)."""
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"tensor_to_pil expects a torch.Tensor, got {type(t).__name__}")
+        raise ValueError(f"tensor_to_pil expects a torch.Tensor, got {type(t).__name__}")  # noqa: TRY004
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 3 or t.shape[0] != 3:

@@ -57,7 +57,7 @@ def _image_field(rec: dict, where: str, required: bool) -> str | None:
 
 def _check_dict(rec: object, where: str) -> dict:
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")  # noqa: TRY004
     return rec
 
 

@@ -160,8 +160,8 @@ def _coverage(obj: ShapeObject, size: int) -> tuple[slice, slice, np.ndarray]:
     """Antialiased coverage of one object over its pixel window: (rows, cols, coverage in [0, 1])."""
     cx, cy = obj.center
     r = obj.radius
-    x0, x1 = max(int(cx - r) - 1, 0), min(int(math.ceil(cx + r)) + 1, size)
-    y0, y1 = max(int(cy - r) - 1, 0), min(int(math.ceil(cy + r)) + 1, size)
+    x0, x1 = max(int(cx - r) - 1, 0), min(math.ceil(cx + r) + 1, size)
+    y0, y1 = max(int(cy - r) - 1, 0), min(math.ceil(cy + r) + 1, size)
     px = (np.arange(x0, x1, dtype=np.float32) + 0.5 - cx)[None, :]
     py = (np.arange(y0, y1, dtype=np.float32) + 0.5 - cy)[:, None]
     if obj.shape == "circle":
@@ -298,7 +298,9 @@ def _jitter(rng: np.random.Generator, color: str, amount: int) -> tuple[int, int
 def _objects_for_tag(rng: np.random.Generator, tag: str, cfg: ShapesConfig) -> tuple[dict, list[tuple[str, str]]]:
     """A GenEval record for the tag (or None for a free scene) and the (class, colour) list that realises it."""
 
-    pick = lambda options, k=1: sample(rng, options, k)  # noqa: E731
+    def pick(options, k=1):
+        return sample(rng, options, k)
+
     colors = cfg.colors
     if tag in ("single_object", "colors"):
         c, k = pick(cfg.classes)[0], pick(colors)[0]
@@ -377,7 +379,7 @@ def render_sample(cfg: ShapesConfig, seed: int, split: str = "train", index: int
     from data.shapes_text import captions_for, vqa_for, vqa_to_conversation  # text is a layer above pixels
 
     rng = sample_rng(seed, split, index)
-    tag, rec, objects, background, image, labels, gt = sample_scene(rng, cfg, record=record)
+    tag, rec, _objects, background, image, labels, gt = sample_scene(rng, cfg, record=record)
     if not rec:  # a free scene still carries a GenEval record that it satisfies
         rec = _record_for_free_scene(gt)
     captions = captions_for(gt, background.kind, rec, tag, cfg.size)

@@ -14,6 +14,7 @@ bytes do not depend on the number of workers) and written in order by the parent
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -66,7 +67,8 @@ def generate(cfg: ShapesConfig, num: int, seed: int, split: str = "train", worke
 
 def hf_features():
     """The `datasets` schema of a ShapesWorld row (explicit, so empty lists and nulls keep their types)."""
-    from datasets import Features, Image as HFImage, List, Value
+    from datasets import Features, List, Value
+    from datasets import Image as HFImage
 
     s, i32, f32 = Value("string"), Value("int32"), Value("float32")
     return Features({
@@ -94,8 +96,39 @@ def split_sizes(num: int, val_frac: float, test_frac: float) -> dict[str, int]:
     if num < 1 or not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError(f"need num >= 1 and split fractions in [0, 1) summing below 1 (num={num}, "
                          f"val={val_frac}, test={test_frac})")
-    val, test = int(round(num * val_frac)), int(round(num * test_frac))
+    val, test = round(num * val_frac), round(num * test_frac)
     return {"train": num - val - test, "val": val, "test": test}
+
+
+def _write_samples(samples: Iterator[tuple[bytes, dict]], folder: Path | None, digits: int, hf: bool,
+                   bar=None):
+    """Write FOLDER/images/*.png + FOLDER/metadata.jsonl (if folder) and return a `datasets` Dataset (if hf)."""
+    parts, rows = [], []  # Arrow tables of HF_BATCH rows each: far less memory than one list of dicts
+    if hf:
+        from datasets import Dataset, concatenate_datasets
+
+        features = hf_features()
+    with contextlib.ExitStack() as stack:
+        meta = None
+        if folder is not None:
+            (folder / "images").mkdir(parents=True, exist_ok=True)
+            meta = stack.enter_context(open(folder / "metadata.jsonl", "w", encoding="utf-8"))
+        for png, rec in samples:
+            rel = f"images/{rec['index']:0{digits}d}.png"
+            if meta is not None:
+                (folder / rel).write_bytes(png)
+                meta.write(json.dumps({"file_name": rel, "image": rel} | rec) + "\n")
+            if hf:
+                rows.append(_hf_row(png, rec))
+                if len(rows) == HF_BATCH:
+                    parts.append(Dataset.from_list(rows, features=features))
+                    rows = []
+            if bar is not None:
+                bar.update(1)
+    if not hf:
+        return None
+    parts += [Dataset.from_list(rows, features=features)] if rows else []
+    return concatenate_datasets(parts)
 
 
 def write_shapes(out: str | Path, cfg: ShapesConfig, sizes: dict[str, int], seed: int = 0, workers: int = 2,
@@ -106,44 +139,21 @@ def write_shapes(out: str | Path, cfg: ShapesConfig, sizes: dict[str, int], seed
     unknown = [f for f in formats if f not in ("folder", "hf")] + [s for s in sizes if s not in SPLITS]
     if unknown or not formats:
         raise ValueError(f"unknown formats/splits {unknown}; formats are folder and hf, splits {tuple(SPLITS)}")
-    if "hf" in formats:
-        from datasets import Dataset, DatasetDict, concatenate_datasets
-
-        features = hf_features()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bar = tqdm(total=sum(sizes.values()), desc="ShapesWorld", unit="img", disable=not progress)
     hf_splits = {}
     for split, n in sizes.items():
-        if n <= 0:
-            continue
-        rows: list[dict] = []
-        parts = []  # Arrow tables of HF_BATCH rows each: far less memory than one big list of dicts
-        meta_file = None
-        if "folder" in formats:
-            (out / split / "images").mkdir(parents=True, exist_ok=True)
-            meta_file = open(out / split / "metadata.jsonl", "w", encoding="utf-8")
-        try:
-            for png, rec in generate(cfg, n, seed, split, workers):
-                rel = f"images/{rec['index']:06d}.png"
-                if meta_file is not None:
-                    (out / split / rel).write_bytes(png)
-                    meta_file.write(json.dumps({"file_name": rel, "image": rel} | rec) + "\n")
-                if "hf" in formats:
-                    rows.append(_hf_row(png, rec))
-                    if len(rows) == HF_BATCH:
-                        parts.append(Dataset.from_list(rows, features=features))
-                        rows = []
-                bar.update(1)
-        finally:
-            if meta_file is not None:
-                meta_file.close()
-        if "hf" in formats:
-            parts += [Dataset.from_list(rows, features=features)] if rows else []
-            hf_splits[split] = concatenate_datasets(parts)
+        if n > 0:
+            samples = generate(cfg, n, seed, split, workers)
+            ds = _write_samples(samples, out / split if "folder" in formats else None, 6, "hf" in formats, bar)
+            if ds is not None:
+                hf_splits[split] = ds
     bar.close()
     if hf_splits:
+        from datasets import DatasetDict
+
         DatasetDict(hf_splits).save_to_disk(str(out / "hf"))
     info = {"generator": "ShapesWorld", "seed": seed, "splits": sizes, "formats": list(formats),
             "config": config_dict(cfg), "seconds": round(time.perf_counter() - t0, 2)}
@@ -155,15 +165,11 @@ def write_shapes(out: str | Path, cfg: ShapesConfig, sizes: dict[str, int], seed
 def write_prompt_set(out: str | Path, cfg: ShapesConfig, seed: int = 0, counts: dict[str, int] | None = None,
                      references: bool = True, workers: int = 2) -> list[dict]:
     """OUT/evaluation_metadata.jsonl (GenEval format, ShapesWorld classes); with `references`, one scene per prompt
-    that satisfies it: OUT/reference/images/00000.png + OUT/reference/metadata.jsonl (with `prompt_index`)."""
+    that satisfies it: OUT/reference/images/00000.png + OUT/reference/metadata.jsonl (`index` = prompt line)."""
     out = Path(out)
     records = build_prompt_set(cfg.classes, cfg.colors, counts or TAG_COUNTS, seed, cfg.max_objects)
     write_jsonl(out / "evaluation_metadata.jsonl", records)
     if references:
-        (out / "reference" / "images").mkdir(parents=True, exist_ok=True)
-        with open(out / "reference" / "metadata.jsonl", "w", encoding="utf-8") as f:
-            for png, rec in generate(cfg, len(records), seed, "geneval", workers, records=records):
-                rel = f"images/{rec['index']:05d}.png"
-                (out / "reference" / rel).write_bytes(png)
-                f.write(json.dumps({"file_name": rel, "image": rel, "prompt_index": rec["index"]} | rec) + "\n")
+        samples = generate(cfg, len(records), seed, "geneval", workers, records=records)
+        _write_samples(samples, out / "reference", 5, hf=False)
     return records

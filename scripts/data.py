@@ -39,10 +39,10 @@ def _prompts(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from data.readers import open_source, ImageDataset
+    from data.readers import ImageDataset, open_source
 
     report = ImageDataset(open_source(args.path, args.kind, args.split, args.image_root), size=None).scan()
-    for name, reason in report["skipped"].items():
+    for reason in report["skipped"].values():
         logger.warning("unreadable: %s", reason)
     print(json.dumps({k: v if k != "skipped" else len(v) for k, v in report.items()}))
     if report["readable"] == 0:

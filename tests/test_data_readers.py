@@ -165,7 +165,7 @@ def test_records(tmp_path):
     cds = caption_dataset(caps, image_root=tmp_path / "img", size=None)
     assert [cds[i]["caption"] for i in range(2)] == ["a red box", "red"]
 
-    conv = lambda *turns, **kw: {"image": "a.png", "conversations": [dict(zip(("from", "value"), t)) for t in turns]} | kw  # noqa: E731
+    conv = lambda *turns, **kw: {"image": "a.png", "conversations": [dict(zip(("from", "value"), t)) for t in turns]} | kw
     bad_convs = {
         "turn 1 is from human": conv(("human", "<image>\nq"), ("human", "q2")),
         "unknown role 'bot'": conv(("human", "<image>\nq"), ("bot", "a")),
