@@ -70,6 +70,18 @@ def test_folder_skips_and_counts_unreadable(mixed_folder, caplog):
     assert report["total"] == 8 and report["readable"] == 5 and len(report["skipped"]) == 3
 
 
+def test_check_command(mixed_folder, tmp_path, capsys):
+    from scripts.cli import main
+
+    assert main(["data", "check", str(mixed_folder)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"total": 8, "readable": 5, "skipped": 3}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"")
+    assert main(["data", "check", str(bad)]) == 2
+    assert "nothing readable" in capsys.readouterr().err
+
+
 def test_nothing_readable_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image files"):
