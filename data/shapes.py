@@ -296,7 +296,7 @@ def _jitter(rng: np.random.Generator, color: str, amount: int) -> tuple[int, int
 
 
 def _objects_for_tag(rng: np.random.Generator, tag: str, cfg: ShapesConfig) -> tuple[dict, list[tuple[str, str]]]:
-    """A GenEval record for the tag (or None for a free scene) and the (class, colour) list that realises it."""
+    """A GenEval record for the tag ({} for a free scene) and the (class, colour) list that realises it."""
 
     def pick(options, k=1):
         return sample(rng, options, k)
@@ -324,10 +324,16 @@ def _objects_for_tag(rng: np.random.Generator, tag: str, cfg: ShapesConfig) -> t
 def sample_scene(rng: np.random.Generator, cfg: ShapesConfig, tag: str | None = None, record: dict | None = None):
     """Draw a scene of `tag` (drawn from cfg.tag_weights if None), or one that satisfies a GenEval `record`.
 
-    Returns (tag, geneval record or {}, objects, background, image, labels, ground truth). A scene for a record
-    contains exactly the objects it includes, so its prompt is a complete description.
+    Returns (tag, geneval record or {}, background, image, labels, ground truth). A scene for a record contains
+    exactly the objects it includes, so its prompt is a complete description.
     """
-    if record is None and tag is None:
+    if record is not None:
+        unknown = {i["class"] for i in record["include"]} - set(cfg.classes)
+        unknown |= {i["color"] for i in record["include"] if "color" in i} - set(cfg.colors)
+        if unknown or sum(i["count"] for i in record["include"]) > cfg.max_objects:
+            raise ValueError(f"ShapesWorld cannot draw {record.get('prompt')!r}: unknown names {sorted(unknown)} "
+                             f"or more than {cfg.max_objects} objects")
+    elif tag is None:
         tags = list(cfg.tag_weights)
         cum = np.cumsum([cfg.tag_weights[t] for t in tags])
         tag = tags[min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(tags) - 1)]
@@ -350,7 +356,7 @@ def sample_scene(rng: np.random.Generator, cfg: ShapesConfig, tag: str | None = 
         gt = ground_truth(objects, labels)
         # Layouts are drawn blindly; keep one whose rendered boxes satisfy the record.
         if all(o["area"] > 0 for o in gt) and (not rec or _satisfies(rec, gt)):
-            return tag, rec, objects, background, image, labels, gt
+            return tag, rec, background, image, labels, gt
     raise ValueError(f"could not lay out a ShapesWorld scene for {record or tag} at size {cfg.size}")
 
 
@@ -379,7 +385,7 @@ def render_sample(cfg: ShapesConfig, seed: int, split: str = "train", index: int
     from data.shapes_text import captions_for, vqa_for, vqa_to_conversation  # text is a layer above pixels
 
     rng = sample_rng(seed, split, index)
-    tag, rec, _objects, background, image, labels, gt = sample_scene(rng, cfg, record=record)
+    tag, rec, background, image, labels, gt = sample_scene(rng, cfg, record=record)
     if not rec:  # a free scene still carries a GenEval record that it satisfies
         rec = _record_for_free_scene(gt)
     captions = captions_for(gt, background.kind, rec, tag, cfg.size)

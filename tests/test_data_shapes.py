@@ -229,6 +229,8 @@ def test_geneval_schema_and_prompt_set(tmp_path):
         objs = objects_from_pixels(image, ref)
         assert geneval_check(ref["geneval"], objs)[0], ref["geneval"]["prompt"]
         assert ref["caption"] == ref["geneval"]["prompt"]
+    with pytest.raises(ValueError, match="bench"):  # COCO classes are not ShapesWorld's
+        render_sample(cfg, 0, "geneval", 0, record=official[0])
     # Full-size set: the official per-tag counts, only valid records, distinct prompts where there are enough.
     full = build_prompt_set(cfg.classes, cfg.colors)
     assert Counter(r["tag"] for r in full) == Counter(TAG_COUNTS)
