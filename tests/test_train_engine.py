@@ -122,6 +122,10 @@ def test_resume_policies_and_multi_process_guard(tmp_path, monkeypatch):
         run(tmp_path, "max_steps=4", f"resume={tmp_path / 'nowhere'}")
     engine = run(tmp_path / "fork", "max_steps=4", f"resume={tmp_path / 'checkpoints' / 'step-00000002'}")
     assert [r["step"] for r in train_records(tmp_path / "fork")] == [3, 4] and engine.resume_from.name.endswith("2")
+    monkeypatch.setattr(ToyStage, "name", "other")
+    with pytest.raises(ValueError, match="was written by stage 'toy', not 'other': choose another output_dir"):
+        run(tmp_path, "max_steps=4")
+    monkeypatch.undo()
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="2 processes were launched but deepspeed is null"):
         run(tmp_path / "multi", "max_steps=2")

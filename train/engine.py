@@ -276,6 +276,10 @@ class Engine:
     def _load(self, folder: Path) -> int:
         state = read_json(folder / "trainer_state.json")
         cfg, dist = self.cfg, self.dist
+        if state.get("stage") != self.stage.name:
+            raise ValueError(f"checkpoint {folder} was written by stage '{state.get('stage')}', not "
+                             f"'{self.stage.name}': choose another output_dir (a later stage starts from an earlier "
+                             "one's final/ folder, named in its config)")
         changed = sorted(k for k, v in state.get("config", {}).items()
                          if k not in _RESUME_SAFE_KEYS and config_to_dict(cfg).get(k) != v)
         if changed:
