@@ -12,7 +12,11 @@ import importlib
 from ..stage import Stage
 
 # name -> module defining a Stage subclass with that `name` (imported on first use).
-STAGE_MODULES: dict[str, str] = {}
+STAGE_MODULES: dict[str, str] = {
+    "encoder-pretrain": "train.stages.encoder_pretrain",
+    "tokenizer-stage1": "train.stages.tokenizer",
+    "tokenizer-stage2": "train.stages.tokenizer",
+}
 
 _registered: dict[str, type[Stage]] = {}
 

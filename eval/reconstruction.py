@@ -1,0 +1,192 @@
+"""Reconstruction evaluation of a tokenizer: PSNR, SSIM, LPIPS, rFID, codebook usage, feature fidelity.
+
+PSNR and SSIM follow the usual tokenizer-paper protocol: uint8 images (data range 255), per image, then the mean.
+LPIPS and rFID need weights that cannot be downloaded here: they run when given local files
+(`lpips_vgg_weights`: a torchvision vgg16 state dict; `inception_weights`: torch-fidelity's
+pt_inception-2015-12-05 file) and are reported as not computed otherwise, with the reason.
+Codebook utilization and perplexity are over the whole set; feature cosine compares the tokenizer's continuous
+features with a reference encoder's (e.g. the stage-1 encoder after stage 2) token by token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from tokenizer import VQRAE, CodebookUsage
+
+from .metrics import psnr, to_uint8
+
+logger = logging.getLogger(__name__)
+
+
+def ssim(reference: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (scikit-image, uint8, data range 255, colour channels averaged), (B,)."""
+    from skimage.metrics import structural_similarity
+
+    a = to_uint8(reference).permute(0, 2, 3, 1).cpu().numpy()
+    b = to_uint8(reconstruction).permute(0, 2, 3, 1).cpu().numpy()
+    side = min(a.shape[1], a.shape[2])
+    win = min(7, side if side % 2 else side - 1)
+    return torch.tensor([structural_similarity(x, y, data_range=255, channel_axis=2, win_size=win)
+                         for x, y in zip(a, b)], dtype=torch.float64)
+
+
+class FIDFeatures:
+    """Inception-v3 pool features (torch-fidelity's FID network) from a local weights file."""
+
+    def __init__(self, weights: str, device: str | torch.device = "cpu"):
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"inception weights not found: {weights}")
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                               feature_extractor_weights_path=weights).to(device)
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        return self.net(x)[0].double().cpu()
+
+    @staticmethod
+    def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
+        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+        return float(fid_statistics_to_metric(fid_features_to_statistics(real), fid_features_to_statistics(fake),
+                                              verbose=False)["frechet_inception_distance"])
+
+
+def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, columns: int = 8) -> None:
+    """A PNG with pairs of rows: originals above their reconstructions."""
+    from PIL import Image
+
+    from data.images import tensor_to_pil
+
+    n = min(len(originals), 4 * columns)
+    size = originals.shape[-1]
+    rows = (n + columns - 1) // columns
+    grid = Image.new("RGB", (columns * size, 2 * rows * size), "white")
+    for i in range(n):
+        r, c = divmod(i, columns)
+        grid.paste(tensor_to_pil(originals[i].cpu()), (c * size, 2 * r * size))
+        grid.paste(tensor_to_pil(reconstructions[i].cpu()), (c * size, (2 * r + 1) * size))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def _batches(dataset: Dataset, batch_size: int):
+    def collate(items):
+        return torch.stack([it["pixels"] for it in items]), sum(it.get("skipped", 0) for it in items)
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    vq: VQRAE,
+    dataset: Dataset,
+    batch_size: int = 32,
+    reference_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    lpips_vgg_weights: str | None = None,
+    inception_weights: str | None = None,
+    to_device: Callable = lambda b: b,
+    grid_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate `vq` on every image of `dataset` (items with "pixels" (3,H,W) in [0,1])."""
+    from tqdm.auto import tqdm
+
+    was_training = vq.training
+    vq.eval()
+    lpips_net = None
+    notes = {}
+    if lpips_vgg_weights:
+        from tokenizer.losses import build_lpips
+
+        lpips_net = build_lpips(lpips_vgg_weights).to(vq.device)
+    else:
+        notes["lpips"] = "not computed: pass LPIPS backbone weights (a torchvision vgg16 state dict)"
+    fid_net = FIDFeatures(inception_weights, vq.device) if inception_weights else None
+    if fid_net is None:
+        notes["rfid"] = "not computed: pass inception weights (torch-fidelity pt_inception-2015-12-05)"
+    usage = CodebookUsage(vq.config.codebook_size)
+    psnrs, ssims, lpipss, cosines, real_feats, fake_feats = [], [], [], [], [], []
+    skipped = 0
+    first = None
+    for pixels, n_skipped in tqdm(_batches(dataset, batch_size), desc="reconstruction eval", disable=not progress):
+        pixels = to_device(pixels)
+        skipped += n_skipped
+        features = vq.encode(pixels)
+        codes = vq.quantizer.lookup(features)
+        recon = vq.decode(codes)
+        usage.update(codes)
+        psnrs.append(psnr(pixels, recon).cpu())
+        ssims.append(ssim(pixels, recon))
+        if lpips_net is not None:
+            lpipss.append(lpips_net(recon, pixels, normalize=True).flatten().double().cpu())
+        if fid_net is not None:
+            real_feats.append(fid_net(pixels))
+            fake_feats.append(fid_net(recon))
+        if reference_encoder is not None:
+            cosines.append(F.cosine_similarity(features, reference_encoder(pixels), dim=-1).mean(dim=1).double().cpu())
+        if first is None:
+            first = (pixels.cpu(), recon.cpu())
+    if first is None:
+        raise ValueError("the evaluation data set holds no image")
+    vq.train(was_training)
+    finite = torch.cat(psnrs)
+    finite = finite[torch.isfinite(finite)]  # identical images have infinite PSNR; they carry no mean
+    out = {
+        "images": int(sum(len(p) for p in psnrs)),
+        "psnr": float(finite.mean()) if len(finite) else float("inf"),
+        "ssim": float(torch.cat(ssims).mean()),
+        "utilization": usage.utilization,
+        "perplexity": usage.perplexity,
+        "skipped_images": int(skipped),
+    }
+    if lpipss:
+        out["lpips"] = float(torch.cat(lpipss).mean())
+    if fid_net is not None:
+        out["rfid"] = FIDFeatures.fid(torch.cat(real_feats), torch.cat(fake_feats))
+    if cosines:
+        out["feature_cosine"] = float(torch.cat(cosines).mean())
+    if grid_path is not None:
+        save_grid(*first, grid_path)
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def write_summary(metrics: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def load_reference_encoder(path: str, device: str | torch.device = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The continuous encoder of a VQRAE folder, or a bare SigLIP/DINOv2 folder, as pixels -> (B, N, d)."""
+    cfg_file = Path(path) / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"reference encoder folder has no config.json: {path}")
+    model_type = json.loads(cfg_file.read_text()).get("model_type", "")
+    if model_type == "vqrae":
+        from tokenizer import load_vqrae
+
+        return load_vqrae(path, device).encoder.eval()
+    from tokenizer.encoders import build_encoder, load_encoder_weights, resolve_encoder
+
+    kind = "dinov2" if model_type.startswith("dinov2") else "siglip"
+    spec = resolve_encoder(kind, path)
+    encoder = build_encoder(kind, spec.config, spec.image_mean, spec.image_std)
+    load_encoder_weights(encoder, kind, path)
+    return encoder.to(device).eval()
+
+
+__all__ = ["reconstruction_metrics", "ssim", "save_grid", "write_summary", "load_reference_encoder", "FIDFeatures",
+]

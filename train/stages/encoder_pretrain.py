@@ -1,0 +1,169 @@
+"""Stage 0, `encoder-pretrain`: a small SigLIP image-text model trained from scratch with the sigmoid loss.
+
+For ShapesWorld (and any from-scratch encoder): Hugging Face's SigLIP classes built from a config, a SentencePiece
+text tokenizer trained on the data's captions and questions, and the sigmoid contrastive loss of Zhai et al. The
+export is an ordinary SigLIP checkpoint folder (config.json, model.safetensors, tokenizer, preprocessor_config.json)
+that the tokenizer's SigLIP adapter loads by path, exactly as it would load google/siglip2-*.
+
+One change to the loss: pairs whose captions are the same text count as positives. ShapesWorld repeats captions
+("a photo of a red circle"), and calling two identical captions a mismatch would teach the model noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..stage import Stage
+from .common import image_text_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EncoderPretrainConfig(TrainConfig):
+    data: str = "shapes"  # "shapes" (rendered on the fly) or a caption data path (e.g. DIR/train of vqrae data shapes)
+    data_num: int = 20000  # images when data == "shapes"
+    val_data: str = "shapes"
+    val_num: int = 512
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 192  # vision and text towers share it: SigLIP compares their pooled outputs directly
+    depth: int = 6
+    heads: int = 3
+    text_depth: int = 4
+    max_text_len: int = 32
+    vocab_size: int = 1000  # upper bound for the SentencePiece vocabulary
+    tokenizer_corpus: int = 5000  # records whose captions and questions train the text tokenizer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size % self.patch_size:
+            raise ValueError(f"config key 'image_size': {self.image_size} is not a multiple of patch_size "
+                             f"{self.patch_size}")
+        if self.width % self.heads:
+            raise ValueError(f"config key 'width': {self.width} is not divisible by heads={self.heads}")
+
+
+def caption_of(item: dict) -> str:
+    """The most descriptive caption of an item: the longest of its ShapesWorld captions, else its caption."""
+    caps = item.get("captions") or (item.get("record") or {}).get("captions")
+    return max(caps, key=len) if caps else item["caption"]
+
+
+def corpus_of(item: dict) -> list[str]:
+    record = item.get("record") or item
+    texts = list(record.get("captions") or [item.get("caption", "")])
+    for turn in record.get("conversations") or []:
+        texts.append(turn["value"].replace("<image>", "").strip())
+    return texts
+
+
+class SiglipPretrainer(nn.Module):
+    """The SigLIP model plus the loss, so that the whole step is one forward (what DeepSpeed wraps)."""
+
+    def __init__(self, siglip: nn.Module):
+        super().__init__()
+        self.siglip = siglip
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, positives: torch.Tensor):
+        out = self.siglip(input_ids=input_ids, pixel_values=(pixels - 0.5) / 0.5)
+        logits = out.logits_per_image  # (images, texts), scaled and biased
+        signs = positives.to(logits.dtype) * 2 - 1
+        loss = -F.logsigmoid(signs * logits).sum(dim=1).mean()
+        return loss, logits
+
+
+class EncoderPretrainStage(Stage):
+    name = "encoder-pretrain"
+    config_class = EncoderPretrainConfig
+
+    def __init__(self, config: EncoderPretrainConfig):
+        super().__init__(config)
+        self._train = image_text_dataset(config.data, config.data_num, config.image_size, "train", config.seed)
+        self._val = image_text_dataset(config.val_data, config.val_num, config.image_size, "val", config.seed)
+        self.text_tokenizer = self._load_or_train_tokenizer()
+
+    def _load_or_train_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from data.text_tokenizer import train_text_tokenizer
+
+        folder = Path(self.config.output_dir) / "text_tokenizer"
+        if (folder / "tokenizer.json").is_file():  # a resumed run keeps the vocabulary its weights were trained on
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        else:
+            n = min(self.config.tokenizer_corpus, len(self._train))
+            texts = [t for i in range(n) for t in corpus_of(self._train[i])]
+            tok = train_text_tokenizer(texts, folder, vocab_size=self.config.vocab_size)
+        tok.padding_side = "right"  # SigLIP pools the last position: pad after the text, to a fixed length
+        return tok
+
+    def build_model(self) -> nn.Module:
+        from transformers import SiglipConfig, SiglipModel
+
+        c = self.config
+        vision = dict(hidden_size=c.width, intermediate_size=4 * c.width, num_hidden_layers=c.depth,
+                      num_attention_heads=c.heads, image_size=c.image_size, patch_size=c.patch_size)
+        text = dict(vocab_size=len(self.text_tokenizer), hidden_size=c.width, intermediate_size=4 * c.width,
+                    num_hidden_layers=c.text_depth, num_attention_heads=c.heads,
+                    max_position_embeddings=c.max_text_len, pad_token_id=self.text_tokenizer.pad_token_id,
+                    eos_token_id=self.text_tokenizer.eos_token_id, bos_token_id=self.text_tokenizer.bos_token_id)
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+        with torch.no_grad():  # the SigLIP paper's init: temperature 10, bias -10 (HF's zeros learn far slower)
+            model.logit_scale.fill_(torch.log(torch.tensor(10.0)).item())
+            model.logit_bias.fill_(-10.0)
+        return SiglipPretrainer(model)
+
+    def train_dataset(self):
+        return self._train
+
+    def collate(self, samples: list[dict]) -> dict[str, Any]:
+        captions = [caption_of(s) for s in samples]
+        ids = self.text_tokenizer(captions, padding="max_length", truncation=True, max_length=self.config.max_text_len,
+                                  return_tensors="pt").input_ids
+        positives = torch.tensor([[a == b for b in captions] for a in captions])
+        return {"pixels": torch.stack([s["pixels"] for s in samples]), "input_ids": ids, "positives": positives}
+
+    def loss(self, model: nn.Module, batch: dict, step: int):
+        loss, logits = model(batch["pixels"], batch["input_ids"], batch["positives"])
+        acc = (logits.argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean()
+        return loss, {"batch_i2t_acc": acc}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        return zero_shot_retrieval(model, self._val, self.collate, self.to_device)
+
+    def export(self, module: nn.Module, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        from ..stage import sub_state_dict
+
+        module.siglip.save_pretrained(folder, state_dict=sub_state_dict(state_dict, "siglip"))
+        self.text_tokenizer.save_pretrained(str(folder))
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "SiglipImageProcessor", "do_resize": True, "do_normalize": True,
+            "do_rescale": True, "rescale_factor": 1 / 255, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "size": {"height": self.config.image_size, "width": self.config.image_size}}, indent=2))
+
+
+def zero_shot_retrieval(model: nn.Module, dataset, collate, to_device, batch: int = 256) -> dict[str, float]:
+    """Held-out image -> text retrieval: each image ranks the distinct captions of (up to) `batch` held-out images;
+    top-1 is right when it picks the image's own caption text. Chance is 1 / distinct captions."""
+    items = [dataset[i] for i in range(min(batch, len(dataset)))]
+    captions = [caption_of(s) for s in items]
+    distinct = sorted(set(captions))
+    b = to_device(collate(items))
+    texts = to_device(collate([{"pixels": items[0]["pixels"], "caption": c} for c in distinct]))
+    siglip = model.module.siglip if hasattr(model, "module") else model.siglip
+    image_emb = F.normalize(siglip.get_image_features(pixel_values=(b["pixels"] - 0.5) / 0.5).pooler_output, dim=-1)
+    text_emb = F.normalize(siglip.get_text_features(input_ids=texts["input_ids"]).pooler_output, dim=-1)
+    best = (image_emb @ text_emb.t()).argmax(dim=1).tolist()
+    top1 = sum(distinct[j] == c for j, c in zip(best, captions)) / len(items)
+    return {"retrieval_top1": top1, "retrieval_chance": 1 / len(distinct), "retrieval_candidates": len(distinct)}

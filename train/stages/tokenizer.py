@@ -1,0 +1,197 @@
+"""Tokenizer stages 1 and 2 (`tokenizer-stage1`, `tokenizer-stage2`).
+
+Stage 1: the encoder is frozen; the projections, SimVQ's map W and the ViT decoder learn to reconstruct pixels
+    (L2 + perceptual + quantizer loss, + a patch GAN from `gan_start_step` when `gan_weight` > 0).
+Stage 2: the encoder trains too, at its own low learning rate, held near a frozen copy of the stage-1 encoder by
+    self-distillation ||Z - T(x)||^2 (weight `distill_weight`), plus every stage-1 loss. The features stay good for
+    understanding while reconstruction improves.
+
+The whole step (encoder, quantizer, decoder, perceptual network, discriminator) is the forward of one module,
+`TokenizerTrainer`, so the engine and DeepSpeed see one model with parameter groups for encoder, rest and
+discriminator. The discriminator shares the optimiser step: see tokenizer.losses.gan_losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizer import VQRAE, CodebookUsage
+from tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
+
+from ..config import TrainConfig
+from ..stage import Stage, param_groups, sub_state_dict
+from .common import image_text_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TokenizerStageConfig(TrainConfig):
+    # where the tokenizer starts: a VQRAE folder (stage 2: the stage-1 result), or a fresh one on `encoder`
+    tokenizer: str | None = None
+    encoder: str | None = None  # local folder or hub id of the pretrained encoder (fresh tokenizer only)
+    encoder_type: str = "siglip"  # siglip | dinov2 | timm
+    image_size: int | None = None  # None: the encoder's own
+    codebook_size: int = 16384
+    codebook_dim: int = 1536
+    decoder_dim: int | None = None  # None: mirror the encoder
+    decoder_depth: int | None = None
+    decoder_heads: int | None = None
+    # data
+    data: str = "shapes"  # "shapes" (rendered on the fly) or an image data path (e.g. DIR/train of vqrae data shapes)
+    data_num: int = 20000
+    val_data: str = "shapes"
+    val_num: int = 256
+    random_crop: bool = False
+    flip: bool = False
+    # losses
+    l2_weight: float = 1.0
+    perceptual_weight: float = 1.1
+    lpips_vgg_weights: str | None = None  # torchvision vgg16 weights on disk -> LPIPS; else the frozen encoder's features
+    quantizer_weight: float = 1.0
+    gan_weight: float = 0.0  # 0 disables the GAN
+    gan_start_step: int = 0
+    disc_lr: float = 4e-5
+    disc_channels: int = 64
+    # stage 2
+    train_encoder: bool = False
+    encoder_lr: float = 1e-5
+    distill_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokenizer is None and self.encoder is None:
+            raise ValueError("config: give 'tokenizer' (a VQRAE folder) or 'encoder' (a pretrained encoder)")
+        for key in ("l2_weight", "perceptual_weight", "quantizer_weight", "gan_weight", "distill_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
+
+
+class TokenizerTrainer(nn.Module):
+    """VQRAE + everything its losses need; forward(pixels, step) -> (loss, metrics)."""
+
+    def __init__(self, vq: VQRAE, config: TokenizerStageConfig):
+        super().__init__()
+        self.vq = vq
+        self.config = config
+        self.teacher = None
+        if config.train_encoder:
+            # T: a frozen copy of the encoder as it enters stage 2. It also serves as the perceptual network, since
+            # the trained encoder is a moving target.
+            self.teacher = copy.deepcopy(vq.encoder).requires_grad_(False).eval()
+            vq.set_encoder_trainable(True)
+        else:
+            vq.set_encoder_trainable(False)
+        self.perceptual = PerceptualLoss(config.lpips_vgg_weights, feature_net=self.teacher or vq.encoder)
+        self.disc = PatchDiscriminator(config.disc_channels) if config.gan_weight > 0 else None
+
+    def forward(self, pixels: torch.Tensor, step: int = 0):
+        c = self.config
+        out = self.vq(pixels)
+        recon = out.reconstruction
+        l2 = F.mse_loss(recon, pixels)
+        perceptual = self.perceptual(recon, pixels) if c.perceptual_weight > 0 else recon.new_zeros(())
+        loss = c.l2_weight * l2 + c.perceptual_weight * perceptual + c.quantizer_weight * out.quantizer_loss
+        metrics = {"l2": l2.detach(), "perceptual": perceptual.detach(), "quantizer": out.quantizer_loss.detach(),
+                   "psnr": -10 * torch.log10(F.mse_loss(recon.detach().clamp(0, 1), pixels)),
+                   "batch_utilization": out.codes.unique().numel() / self.vq.config.codebook_size}
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher(pixels)
+            distill = F.mse_loss(out.features, target)
+            loss = loss + c.distill_weight * distill
+            metrics["distill"] = distill.detach()
+        if self.disc is not None:
+            d_loss, g_loss = gan_losses(self.disc, pixels, recon)
+            active = float(step >= c.gan_start_step)
+            weight = recon.new_zeros(())
+            if active and self.training and torch.is_grad_enabled():
+                nll = c.l2_weight * l2 + c.perceptual_weight * perceptual
+                weight = adaptive_gan_weight(nll, g_loss, self.vq.decoder.head.weight) * c.gan_weight
+            loss = loss + active * (weight * g_loss + d_loss)
+            metrics.update(d_loss=d_loss.detach(), g_loss=g_loss.detach(), gan_weight=weight)
+        return loss, metrics
+
+
+class TokenizerStage1(Stage):
+    name = "tokenizer-stage1"
+    config_class = TokenizerStageConfig
+    train_encoder = False
+
+    def __init__(self, config: TokenizerStageConfig):
+        if config.train_encoder != self.train_encoder:
+            config = dataclasses.replace(config, train_encoder=self.train_encoder)
+        super().__init__(config)
+        self._vq = self._load_tokenizer()
+        size = self._vq.image_size
+        crop = "random" if config.random_crop else "center"
+        self._train = image_text_dataset(config.data, config.data_num, size, "train", config.seed, kind="image",
+                                         crop=crop, flip=config.flip)
+        self._val = image_text_dataset(config.val_data, config.val_num, size, "val", config.seed, kind="image")
+
+    def _load_tokenizer(self) -> VQRAE:
+        c = self.config
+        if c.tokenizer:
+            from tokenizer import load_vqrae
+
+            return load_vqrae(c.tokenizer).train()
+        return VQRAE.from_encoder(
+            c.encoder_type, c.encoder, image_size=c.image_size, codebook_size=c.codebook_size,
+            codebook_dim=c.codebook_dim, decoder_dim=c.decoder_dim, decoder_depth=c.decoder_depth,
+            decoder_heads=c.decoder_heads,
+        )
+
+    def build_model(self) -> nn.Module:
+        return TokenizerTrainer(self._vq, self.config)
+
+    def param_groups(self, module: TokenizerTrainer):
+        c = self.config
+        rest = [m for name, m in module.vq.named_children() if name != "encoder"]
+        groups = []
+        for m in rest:
+            groups += param_groups(m, lr=c.lr, weight_decay=c.weight_decay, name="tokenizer")
+        if c.train_encoder:
+            groups += param_groups(module.vq.encoder, lr=c.encoder_lr, weight_decay=c.weight_decay, name="encoder")
+        if module.disc is not None:
+            groups += param_groups(module.disc, lr=c.disc_lr, weight_decay=c.weight_decay, name="disc")
+        return groups
+
+    def train_dataset(self):
+        return self._train
+
+    def collate(self, samples: list[dict]) -> dict:
+        return {"pixels": torch.stack([s["pixels"] for s in samples]), "skipped": sum(s["skipped"] for s in samples)}
+
+    def loss(self, model: nn.Module, batch: dict, step: int):
+        loss, metrics = model(batch["pixels"], step)
+        metrics["skipped_images"] = float(batch["skipped"])
+        return loss, metrics
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        from eval.reconstruction import reconstruction_metrics
+
+        module = model.module if hasattr(model, "module") else model
+        metrics = reconstruction_metrics(module.vq, self._val, batch_size=self.config.batch_size,
+                                         reference_encoder=module.teacher, to_device=self.to_device,
+                                         progress=False)
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # the notes are for the CLI
+
+    def export(self, module: TokenizerTrainer, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        module.vq.config.freeze_encoder = True  # a finished tokenizer loads frozen; stage 2 unfreezes it itself
+        module.vq.save_pretrained(folder, state_dict=sub_state_dict(state_dict, "vq"))
+
+
+class TokenizerStage2(TokenizerStage1):
+    name = "tokenizer-stage2"
+    train_encoder = True
+
+
+__all__ = ["TokenizerStageConfig", "TokenizerStage1", "TokenizerStage2", "TokenizerTrainer", "CodebookUsage"]
