@@ -19,6 +19,7 @@ from scripts import CLIError
 COMMANDS = [
     "reconstruct",
     "train",
+    "eval",
     "chat",
     "generate",
     "bench",
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "generation, and a unified multimodal model built on it.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    # The `deepspeed` launcher passes --local_rank=N before the subcommand; accept it and hand it on as torchrun does.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"scripts.{name}").register(sub)
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
