@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from data.images import ImageSource, image_to_tensor, load_image
+from data.images import CROPS, ImageSource, image_to_tensor, load_image
 from data.records import parse_records, read_records
 
 logger = logging.getLogger(__name__)
@@ -261,6 +261,8 @@ class ImageDataset(Dataset):
     """A map-style dataset over any source: decode with `load_image`, transform with `image_to_tensor`."""
 
     def __init__(self, source, size: int | None = 256, crop: str = "center", flip: bool = False):
+        if crop not in CROPS or (size is not None and int(size) <= 0):
+            raise ValueError(f"bad transform: size={size!r} (positive or None), crop={crop!r} (one of {CROPS})")
         self.source, self.size, self.crop, self.flip = source, size, crop, flip
         self.skipped: dict[str, str] = {}  # this process's unreadable images: name -> reason
 
@@ -315,7 +317,7 @@ def image_dataset(path, size: int | None = 256, crop: str = "center", flip: bool
 def caption_dataset(path, size: int | None = 256, crop: str = "center", flip: bool = False,
                     split: str | None = None, image_root: str | Path | None = None, image_key: str = "image",
                     caption_key: str = "caption") -> ImageDataset:
-    """Text-to-image pairs: items {pixels, name, skipped, caption}."""
+    """Text-to-image pairs: items {pixels, name, skipped, caption}. Keep flip off when captions say left/right."""
     src = open_source(path, "caption", split, image_root, image_key, caption_key)
     return ImageDataset(src, size, crop, flip)
 

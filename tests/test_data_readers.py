@@ -66,6 +66,8 @@ def test_folder_skips_and_counts_unreadable(mixed_folder, caplog):
     rot = image_dataset(mixed_folder, size=None)
     portrait = next(rot[i]["pixels"] for i in range(len(rot)) if "d_rot" in rot[i]["name"])
     assert portrait.shape == (3, 40, 20)
+    with pytest.raises(ValueError, match="crop"):  # a bad transform is an error, not 8 "unreadable" images
+        image_dataset(mixed_folder, crop="middle")
     report = ds.scan()
     assert report["total"] == 8 and report["readable"] == 5 and len(report["skipped"]) == 3
 
