@@ -17,6 +17,7 @@ from scripts import CLIError
 
 # Order is the order of `vqrae --help`.
 COMMANDS = [
+    "quickstart",
     "reconstruct",
     "train",
     "eval",

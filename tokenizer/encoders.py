@@ -229,7 +229,15 @@ def load_encoder_weights(encoder: VisionEncoder, encoder_type: str, name_or_path
         cfg = _hf_vision_config(encoder_type, name_or_path)
         if cfg.model_type == "siglip_vision_model":
             cfg.vision_use_head = False
-        src = AutoModel.from_pretrained(name_or_path, config=cfg)
+        from transformers.utils import logging as hf_logging
+
+        # An image-text checkpoint also holds the text tower; transformers would print every unused text tensor.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            src = AutoModel.from_pretrained(name_or_path, config=cfg)
+        finally:
+            hf_logging.set_verbosity(verbosity)
         missing, unexpected = encoder.model.load_state_dict(src.state_dict(), strict=False)
     if missing:
         raise ValueError(f"encoder weights from {name_or_path!r} miss {len(missing)} tensors, e.g. {missing[0]}")
