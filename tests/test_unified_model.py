@@ -169,7 +169,7 @@ def test_mixed_batch_loss_trains_projector_and_skips_bad_records(um, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     coll = UnifiedCollator(um.processor, max_length=200)
-    records = [_vqa(1), {"caption": "a green triangle", "image": _images(1)[0]},
+    records = [_vqa(1), {"caption": "a green triangle", "file_name": _images(1)[0]},
                {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]},
                {"caption": "a blue square", "image": str(bad)}, _vqa(2) | {"images": _images(1)}]
     batch = coll(records)

@@ -8,7 +8,8 @@ Records (dicts), any mix in one batch:
   sequence is the text-to-image prompt + `<boi>` + h*w codes + `<eoi>` + end of turn. Labels: the codes only.
   With `caption_dropout` p, the prompt is replaced by its unconditional form (what CFG sampling uses) with
   probability p.
-An image is a path, a PIL image or a (3, H, W) tensor in [0, 1].
+An image is a path, a PIL image or a (3, H, W) tensor in [0, 1]; `file_name` is accepted for `image`. Relative
+paths are opened as they are: resolve them against the record file's folder before collating.
 
 The batch: `input_ids`, `attention_mask`, `labels` (B, L), right-padded; `pixel_values` (M, 3, S, S) for the
 `<image>` slots in reading order; `gen_pixel_values` (G, 3, S, S) for caption records given as images, whose code
@@ -46,10 +47,15 @@ def record_messages(record: dict) -> list[dict]:
     return turns
 
 
+def record_image(record: dict):
+    """The record's single image (`image`, or `file_name` as in data/records.py), or None."""
+    return record.get("image", record.get("file_name"))
+
+
 def record_images(record: dict) -> list:
     if "images" in record:
         return list(record["images"] or [])
-    return [] if record.get("image") is None else [record["image"]]
+    return [] if record_image(record) is None else [record_image(record)]
 
 
 @dataclass
@@ -81,8 +87,8 @@ class UnifiedCollator:
                 if codes.numel() != n or int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size:
                     raise ValueError(f"codes must be {n} values in [0, {cfg.codebook_size})")
                 slots = (codes + cfg.code_offset).tolist()
-            elif record.get("image") is not None:
-                gen = [proc.image_tensor(record["image"])]
+            elif record_image(record) is not None:
+                gen = [proc.image_tensor(record_image(record))]
                 slots = [GEN_SLOT] * n
             else:
                 raise ValueError("a caption record needs an 'image' or 'codes'")
