@@ -62,12 +62,19 @@ def _check_dict(rec: object, where: str) -> dict:
 
 
 def parse_caption_record(rec: object, where: str, caption_key: str = "caption") -> dict:
-    """-> {"image": str, "caption": str}; ValueError naming `where` if the record is malformed."""
+    """-> {"image": str, "caption": str} (+ "captions", the alternative captions, when the record lists them, as
+    ShapesWorld's do); ValueError naming `where` if the record is malformed."""
     rec = _check_dict(rec, where)
     caption = rec.get(caption_key)
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError(f"{where}: '{caption_key}' must be a non-empty string, got {caption!r}")
-    return {"image": _image_field(rec, where, required=True), "caption": caption}
+    out = {"image": _image_field(rec, where, required=True), "caption": caption}
+    captions = rec.get("captions")
+    if captions is not None:
+        if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
+            raise ValueError(f"{where}: 'captions' must be a list of non-empty strings")
+        out["captions"] = captions
+    return out
 
 
 def parse_conversation_record(rec: object, where: str) -> dict:

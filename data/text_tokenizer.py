@@ -21,7 +21,7 @@ SPECIALS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 
 def train_text_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1000,
                          extra_special_tokens: tuple[str, ...] = ("<image>",)):
-    """Train a unigram SentencePiece model on `texts`, save it as a Hugging Face tokenizer in `out_dir`, return it.
+    """Train a BPE SentencePiece model on `texts`, save it as a Hugging Face tokenizer in `out_dir`, return it.
 
     Ids: 0 <pad>, 1 <unk>, 2 <s>, 3 </s>, then `extra_special_tokens` (never split), then the learned pieces.
     `vocab_size` is an upper bound: a small corpus yields fewer pieces rather than an error.
@@ -34,7 +34,7 @@ def train_text_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: 
         raise ValueError("cannot train a text tokenizer on an empty corpus")
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3, hard_vocab_limit=False,
         user_defined_symbols=list(extra_special_tokens), minloglevel=2, num_threads=2,
     )
