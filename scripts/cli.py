@@ -21,6 +21,7 @@ COMMANDS = [
     "reconstruct",
     "train",
     "eval",
+    "ablate",
     "chat",
     "generate",
     "bench",

@@ -148,3 +148,19 @@ def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch):
     m = reconstruction_metrics(vq, data, batch_size=3, lpips_vgg_weights=str(tmp_path / "vgg16.pth"),
                                inception_weights=str(tmp_path / "inception.pth"), progress=False)
     assert m["rfid"] >= 0 and 0 <= m["lpips"] and "notes" not in m
+
+
+def test_codebook_dim_ablation_command(encoder_dir, tmp_path, capsys):
+    from scripts.cli import main
+
+    cfg = Path(__file__).parents[1] / "configs" / "shapes-tiny" / "tokenizer-stage1.yaml"
+    rc = main(["ablate", "codebook-dim", "--config", str(cfg), "--dims", "8,32", "--out", str(tmp_path),
+               f"encoder={encoder_dir}", *TINY_DATA, "codebook_size=64", "batch_size=8", "max_steps=3",
+               "eval_every=0", "save_every=0"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["codebook_dim"] for r in rows] == [8, 32]
+    assert all(0 < r["utilization"] <= 1 and r["psnr"] > 0 for r in rows)
+    table = capsys.readouterr().out
+    assert "utilization" in table and "PSNR" in table
+    assert main(["ablate", "codebook-dim", "--config", str(cfg), "--dims", "8"]) == 2
