@@ -187,3 +187,17 @@ def test_usage_on_hand_made_streams():
     assert skewed.utilization == 0.5 and math.isclose(skewed.perplexity, expected, rel_tol=1e-9)
     with pytest.raises(ValueError, match="codes must lie"):
         usage.update(torch.tensor([8]))
+
+
+def test_l2_normalized_matching_picks_the_most_similar_direction():
+    torch.manual_seed(0)
+    q = SimVQ(dim=8, codebook_size=32, codebook_dim=8, l2_normalize=True).eval()
+    z = torch.randn(5, 7, 8)
+    with torch.no_grad():
+        codes = q.lookup(z)
+        ze = torch.nn.functional.normalize(q.proj_in(z), dim=-1)
+        cb = q.mapped_codebook()
+        assert torch.allclose(cb.norm(dim=-1), torch.ones(32))
+        assert torch.equal(codes, (ze @ cb.t()).argmax(dim=-1))
+    out = q(z)
+    assert torch.equal(out.codes, codes) and out.quantized.shape == z.shape

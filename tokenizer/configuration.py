@@ -31,6 +31,9 @@ class VQRAEConfig(PretrainedConfig):
         codebook_dim: e, dimension of the frozen random codebook and of the learnable e x e map. Must be >= the
             encoder width d for good codebook usage (the paper's ablation); smaller values warn.
         commitment_weight: beta in ||sg(z) - q||^2 + beta ||z - sg(q)||^2.
+        l2_normalize: match codes by cosine instead of L2 (features and codes l2-normalised, as LlamaGen's VQ
+            does). Not the paper's setting (off by default); it keeps small worlds from using only the codes of
+            largest norm.
         lookup_memory_mb: memory budget for the nearest-code search; the (rows x K) distance matrix is built in
             chunks of rows that fit in it.
         decoder_dim, decoder_depth, decoder_heads: ViT decoder size; `None` mirrors the encoder.
@@ -52,6 +55,7 @@ class VQRAEConfig(PretrainedConfig):
         codebook_size: int = 16384,
         codebook_dim: int = 1536,
         commitment_weight: float = 0.25,
+        l2_normalize: bool = False,
         lookup_memory_mb: int = 256,
         decoder_dim: int | None = None,
         decoder_depth: int | None = None,
@@ -78,6 +82,7 @@ class VQRAEConfig(PretrainedConfig):
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.commitment_weight = commitment_weight
+        self.l2_normalize = l2_normalize
         self.lookup_memory_mb = lookup_memory_mb
         self.decoder_dim = decoder_dim
         self.decoder_depth = decoder_depth

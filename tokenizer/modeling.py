@@ -61,6 +61,7 @@ class VQRAE(PreTrainedModel):
             codebook_size=config.codebook_size,
             codebook_dim=config.codebook_dim,
             commitment_weight=config.commitment_weight,
+            l2_normalize=config.l2_normalize,
             lookup_memory_mb=config.lookup_memory_mb,
         )
         self.decoder = ViTDecoder(

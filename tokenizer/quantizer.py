@@ -58,6 +58,7 @@ class SimVQ(nn.Module):
         codebook_size: int = 16384,
         codebook_dim: int = 1536,
         commitment_weight: float = 0.25,
+        l2_normalize: bool = False,
         lookup_memory_mb: float = 256.0,
     ):
         super().__init__()
@@ -65,6 +66,7 @@ class SimVQ(nn.Module):
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim
         self.commitment_weight = commitment_weight
+        self.l2_normalize = l2_normalize
         self.lookup_memory_mb = lookup_memory_mb
         self.proj_in = nn.Linear(dim, codebook_dim)
         self.proj_out = nn.Linear(codebook_dim, dim)
@@ -76,13 +78,21 @@ class SimVQ(nn.Module):
     def mapped_codebook(self) -> torch.Tensor:
         """C W, shape (K, e). Cached outside autograd until W or C changes (their version counters move)."""
         if torch.is_grad_enabled() and self.codebook_map.weight.requires_grad:
-            return self.codebook_map(self.codebook)
+            return self._map()
         w = self.codebook_map.weight
         key = (w.data_ptr(), w._version, self.codebook.data_ptr(), self.codebook._version, w.dtype, w.device)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, self.codebook_map(self.codebook))
+                self._cache = (key, self._map())
         return self._cache[1]
+
+    def _map(self) -> torch.Tensor:
+        codes = self.codebook_map(self.codebook)
+        return F.normalize(codes, dim=-1) if self.l2_normalize else codes
+
+    def _project(self, z: torch.Tensor) -> torch.Tensor:
+        ze = self.proj_in(z)
+        return F.normalize(ze, dim=-1) if self.l2_normalize else ze
 
     def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (...) long -> quantized features (..., d) in the input space."""
@@ -95,7 +105,7 @@ class SimVQ(nn.Module):
     @torch.no_grad()
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """Features (B, N, d) -> codes (B, N)."""
-        ze = self.proj_in(z)
+        ze = self._project(z)
         return nearest_code(ze.reshape(-1, self.codebook_dim), self.mapped_codebook(),
                             self.lookup_memory_mb).view(ze.shape[:-1])
 
@@ -117,7 +127,7 @@ class SimVQ(nn.Module):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Features (B, N, d) -> quantized features (B, N, d), codes, losses."""
-        out = self.quantize(self.proj_in(z))
+        out = self.quantize(self._project(z))
         out.quantized = self.proj_out(out.quantized)
         return out
 

@@ -41,6 +41,7 @@ class TokenizerStageConfig(TrainConfig):
     image_size: int | None = None  # None: the encoder's own
     codebook_size: int = 16384
     codebook_dim: int = 1536
+    l2_normalize: bool = False  # cosine code matching (LlamaGen-style); off = the paper's L2
     decoder_dim: int | None = None  # None: mirror the encoder
     decoder_depth: int | None = None
     decoder_heads: int | None = None
@@ -144,7 +145,8 @@ class TokenizerStage1(Stage):
             return load_vqrae(c.tokenizer).train()
         return VQRAE.from_encoder(
             c.encoder_type, c.encoder, image_size=c.image_size, codebook_size=c.codebook_size,
-            codebook_dim=c.codebook_dim, decoder_dim=c.decoder_dim, decoder_depth=c.decoder_depth,
+            codebook_dim=c.codebook_dim, l2_normalize=c.l2_normalize, decoder_dim=c.decoder_dim,
+            decoder_depth=c.decoder_depth,
             decoder_heads=c.decoder_heads,
         )
 
