@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="answer top-p in (0, 1]")
     add_draw_arguments(p, prefix="draw-")
     p.add_argument("--seed", type=int, default=0, help="seed of the first /draw (then +1 per drawing)")
-    p.add_argument("--out-dir", default="chat_images", help="where /draw saves images (default chat_images)")
+    p.add_argument("--out-dir", default="runs/chat", help="where /draw saves images (default runs/chat)")
     p.set_defaults(func=run)
 
 

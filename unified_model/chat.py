@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 class ChatSession:
-    def __init__(self, model: UnifiedModel, out_dir: str | Path = "chat_images", answer: dict | None = None,
+    def __init__(self, model: UnifiedModel, out_dir: str | Path = "runs/chat", answer: dict | None = None,
                  draw: dict | None = None, seed: int = 0):
         """`answer`: sampling settings for replies (max_new_tokens, temperature, top_k, top_p);
         `draw`: settings for `/draw` (cfg_scale, cfg_schedule, temperature, top_k, top_p)."""
