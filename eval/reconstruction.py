@@ -81,13 +81,6 @@ def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str 
     grid.save(path)
 
 
-def _batches(dataset: Dataset, batch_size: int):
-    def collate(items):
-        return torch.stack([it["pixels"] for it in items]), sum(it.get("skipped", 0) for it in items)
-
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-
-
 @torch.no_grad()
 def reconstruction_metrics(
     vq: VQRAE,
@@ -120,9 +113,12 @@ def reconstruction_metrics(
     psnrs, ssims, lpipss, cosines, real_feats, fake_feats = [], [], [], [], [], []
     skipped = 0
     first = None
-    for pixels, n_skipped in tqdm(_batches(dataset, batch_size), desc="reconstruction eval", disable=not progress):
-        pixels = to_device(pixels)
-        skipped += n_skipped
+    from data.readers import collate
+
+    batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in tqdm(batches, desc="reconstruction eval", disable=not progress):
+        pixels = to_device(batch["pixels"])
+        skipped += batch.get("skipped", 0)
         features = vq.encode(pixels)
         codes = vq.quantizer.lookup(features)
         recon = vq.decode(codes)

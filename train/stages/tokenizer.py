@@ -169,7 +169,9 @@ class TokenizerStage1(Stage):
         return self._train
 
     def collate(self, samples: list[dict]) -> dict:
-        return {"pixels": torch.stack([s["pixels"] for s in samples]), "skipped": sum(s["skipped"] for s in samples)}
+        from data.readers import collate
+
+        return collate(samples)  # stacked pixels, summed skip count
 
     def loss(self, model: nn.Module, batch: dict, step: int):
         loss, metrics = model(batch["pixels"], step)
