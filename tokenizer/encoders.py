@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -116,11 +117,28 @@ def build_encoder(encoder_type: str, config: dict, image_mean, image_std) -> Vis
 # Resolving an encoder from a local folder, a hub id or an inline config
 
 
+@contextmanager
+def _quiet_transformers():
+    """Silence transformers' warnings while reading a checkpoint: a full image-text checkpoint makes it report every
+    unused text-tower tensor, and building its config validates default text settings we never use."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def _hf_vision_config(encoder_type: str, name_or_path: str):
     from transformers import AutoConfig
 
+    if name_or_path.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"{encoder_type} encoder folder not found: {name_or_path}")
     try:
-        cfg = AutoConfig.from_pretrained(name_or_path)
+        with _quiet_transformers():
+            cfg = AutoConfig.from_pretrained(name_or_path)
     except OSError as exc:
         raise OSError(f"cannot load a {encoder_type} encoder config from {name_or_path!r}: "
                       f"{str(exc).splitlines()[0]}") from None
@@ -229,15 +247,8 @@ def load_encoder_weights(encoder: VisionEncoder, encoder_type: str, name_or_path
         cfg = _hf_vision_config(encoder_type, name_or_path)
         if cfg.model_type == "siglip_vision_model":
             cfg.vision_use_head = False
-        from transformers.utils import logging as hf_logging
-
-        # An image-text checkpoint also holds the text tower; transformers would print every unused text tensor.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with _quiet_transformers():
             src = AutoModel.from_pretrained(name_or_path, config=cfg)
-        finally:
-            hf_logging.set_verbosity(verbosity)
         missing, unexpected = encoder.model.load_state_dict(src.state_dict(), strict=False)
     if missing:
         raise ValueError(f"encoder weights from {name_or_path!r} miss {len(missing)} tensors, e.g. {missing[0]}")
