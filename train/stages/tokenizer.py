@@ -186,7 +186,8 @@ class TokenizerStage1(Stage):
         metrics = reconstruction_metrics(module.vq, self._val, batch_size=self.config.batch_size,
                                          reference_encoder=module.teacher, to_device=self.to_device,
                                          progress=False)
-        return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}  # the notes are for the CLI
+        # Numbers only (the notes are for the CLI), and not the image count: it is a constant, not a curve.
+        return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "images"}
 
     def export(self, module: TokenizerTrainer, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         module.vq.config.freeze_encoder = True  # a finished tokenizer loads frozen; stage 2 unfreezes it itself
