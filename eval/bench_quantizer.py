@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"{'row':<14}{'ms/call':>10}{'peak MB':>10}")
     for name, (sec, mb) in rows.items():
         print(f"{name:<14}{sec * 1e3:>10.1f}{mb:>10.1f}")
-    ratio = lambda a, b, i: rows[a][i] / max(rows[b][i], 1e-9)  # noqa: E731
+    ratio = lambda a, b, i: rows[a][i] / max(rows[b][i], 1e-9)
     print(f"train step   ours/peer: time {ratio('ours_train', 'peer_train', 0):.2f}x, "
           f"peak memory {ratio('ours_train', 'peer_train', 1):.2f}x")
     print(f"lookup       ours/peer: time {ratio('ours_lookup', 'peer_lookup', 0):.2f}x, "

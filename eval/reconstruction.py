@@ -184,5 +184,11 @@ def load_reference_encoder(path: str, device: str | torch.device = "cpu") -> Cal
     return encoder.to(device).eval()
 
 
-__all__ = ["reconstruction_metrics", "ssim", "save_grid", "write_summary", "load_reference_encoder", "FIDFeatures",
+__all__ = [
+    "FIDFeatures",
+    "load_reference_encoder",
+    "reconstruction_metrics",
+    "save_grid",
+    "ssim",
+    "write_summary",
 ]

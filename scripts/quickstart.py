@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     for name, m in results.items():
         print(f"{name:8}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m['utilization']:>8.1%}{m['perplexity']:>12.1f}"
               f"{m.get('feature_cosine', 1.0):>10.4f}")
-    sample = sorted((data / "test" / "images").glob("*.png"))[0]
+    sample = min((data / "test" / "images").glob("*.png"))
     pair = out / "reconstruction.png"
     vqrae(["reconstruct", "--tokenizer", str(stage2), "--image", str(sample), "--out", str(pair)])
     (out / "quickstart.json").write_text(json.dumps({k: {m: v for m, v in r.items() if m != "notes"}

@@ -63,7 +63,13 @@ def test_save_load_identical(vq, tmp_path):
 
 @pytest.mark.parametrize("full_model", [False, True])
 def test_siglip_encoder_loaded_by_path(tmp_path, full_model):
-    from transformers import SiglipConfig, SiglipModel, SiglipTextConfig, SiglipVisionConfig, SiglipVisionModel
+    from transformers import (
+        SiglipConfig,
+        SiglipModel,
+        SiglipTextConfig,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     torch.manual_seed(1)
     vision = SiglipVisionConfig(**{k: v for k, v in TINY_SIGLIP.items() if k != "model_type"})

@@ -10,4 +10,4 @@ from .configuration import VQRAEConfig
 from .modeling import VQRAE, VQRAEOutput, load_vqrae
 from .quantizer import CodebookUsage, SimVQ, nearest_code
 
-__all__ = ["VQRAE", "VQRAEConfig", "VQRAEOutput", "load_vqrae", "SimVQ", "CodebookUsage", "nearest_code"]
+__all__ = ["VQRAE", "CodebookUsage", "SimVQ", "VQRAEConfig", "VQRAEOutput", "load_vqrae", "nearest_code"]

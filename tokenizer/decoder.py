@@ -59,7 +59,7 @@ class ViTDecoder(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, N, in_dim) -> (B, 3, h*p, w*p) in [0, 1] space (not clamped: the training loss sees raw values)."""
-        b, n, _ = x.shape
+        n = x.shape[1]
         h, w = grid if grid is not None else (math.isqrt(n), math.isqrt(n))
         if h * w != n:
             raise ValueError(f"{n} tokens do not form a {h}x{w} grid")

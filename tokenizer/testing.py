@@ -29,8 +29,8 @@ TINY_TIMM = {"model_name": "vit_tiny_patch16_224",
 
 def tiny_vqrae_config(encoder_type: str = "siglip", **overrides):
     """A VQRAEConfig for a 32 px, 4x4-token tokenizer with a width-32 encoder and a 64 x 48 codebook."""
-    from .modeling import VQRAEConfig
     from .encoders import resolve_encoder
+    from .modeling import VQRAEConfig
 
     inline = {"siglip": TINY_SIGLIP, "dinov2": TINY_DINOV2, "timm": TINY_TIMM}[encoder_type]
     spec = resolve_encoder(encoder_type, config=inline, image_size=32)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer import VQRAE, CodebookUsage
+from tokenizer import VQRAE
 from tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
 
 from ..config import TrainConfig
@@ -199,4 +199,4 @@ class TokenizerStage2(TokenizerStage1):
     train_encoder = True
 
 
-__all__ = ["TokenizerStageConfig", "TokenizerStage1", "TokenizerStage2", "TokenizerTrainer", "CodebookUsage"]
+__all__ = ["TokenizerStage1", "TokenizerStage2", "TokenizerStageConfig", "TokenizerTrainer"]
