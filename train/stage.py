@@ -130,6 +130,11 @@ def check_param_groups(module: nn.Module, groups: list[dict[str, Any]]) -> None:
         raise ValueError("the stage's parameter groups hold no trainable parameter")
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The stage's own module behind what `loss`/`evaluate` receive (the DeepSpeed engine wraps it as `.module`)."""
+    return getattr(model, "module", model)
+
+
 def sub_state_dict(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The entries under `prefix.` with the prefix removed: the weights of one sub-model to export."""
     p = prefix.rstrip(".") + "."

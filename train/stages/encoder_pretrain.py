@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..stage import Stage
+from ..stage import Stage, sub_state_dict, unwrap
 from .common import image_text_dataset
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,6 @@ class EncoderPretrainStage(Stage):
         return zero_shot_retrieval(model, self._val, self.collate, self.to_device)
 
     def export(self, module: nn.Module, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
-        from ..stage import sub_state_dict
-
         module.siglip.save_pretrained(folder, state_dict=sub_state_dict(state_dict, "siglip"))
         self.text_tokenizer.save_pretrained(str(folder))
         (folder / "preprocessor_config.json").write_text(json.dumps({
@@ -161,7 +159,7 @@ def zero_shot_retrieval(model: nn.Module, dataset, collate, to_device, batch: in
     distinct = sorted(set(captions))
     b = to_device(collate(items))
     texts = to_device(collate([{"pixels": items[0]["pixels"], "caption": c} for c in distinct]))
-    siglip = model.module.siglip if hasattr(model, "module") else model.siglip
+    siglip = unwrap(model).siglip
     image_emb = F.normalize(siglip.get_image_features(pixel_values=(b["pixels"] - 0.5) / 0.5).pooler_output, dim=-1)
     text_emb = F.normalize(siglip.get_text_features(input_ids=texts["input_ids"]).pooler_output, dim=-1)
     best = (image_emb @ text_emb.t()).argmax(dim=1).tolist()

@@ -26,7 +26,7 @@ from tokenizer import VQRAE
 from tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
 
 from ..config import TrainConfig
-from ..stage import Stage, param_groups, sub_state_dict
+from ..stage import Stage, param_groups, sub_state_dict, unwrap
 from .common import image_text_dataset
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class TokenizerStage1(Stage):
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         from eval.reconstruction import reconstruction_metrics
 
-        module = model.module if hasattr(model, "module") else model
+        module = unwrap(model)
         metrics = reconstruction_metrics(module.vq, self._val, batch_size=self.config.batch_size,
                                          reference_encoder=module.teacher, to_device=self.to_device,
                                          progress=False)
