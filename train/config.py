@@ -46,6 +46,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU (bf16 is ~20x slower there)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # cuDNN's attention backward (torch's default SDPA kernel on Hopper) returned NaN gradients in our bf16 tokenizer
+    # stages on an H200 (64-token sequences; cf. pytorch#196678); false leaves attention to flash / mem-efficient.
+    cudnn_attention: bool = False
     # null: plain PyTorch in one process. zero1|zero2|zero3|zero3_offload (train/ds_configs/) or a JSON file path:
     # DeepSpeed, launched with `deepspeed` or `torchrun` for several processes.
     deepspeed: str | None = None

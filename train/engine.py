@@ -83,6 +83,8 @@ class Engine:
         self.dist = distributed.init_deepspeed_distributed() if cfg.deepspeed else distributed.DistInfo()
         self.device = self._device()
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        if self.device.type == "cuda" and not cfg.cudnn_attention:
+            torch.backends.cuda.enable_cudnn_sdp(False)  # see TrainConfig.cudnn_attention
         if self.bf16 and self.device.type == "cpu":
             logger.warning("bf16 on the CPU is many times slower than fp32 here; precision=auto picks fp32")
         stage = self.stage
