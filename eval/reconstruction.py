@@ -5,7 +5,8 @@ LPIPS and rFID need weights that cannot be downloaded here: they run when given 
 (`lpips_vgg_weights`: a torchvision vgg16 state dict; `inception_weights`: torch-fidelity's
 pt_inception-2015-12-05 file) and are reported as not computed otherwise, with the reason.
 Codebook utilization and perplexity are over the whole set; feature cosine compares the tokenizer's continuous
-features with a reference encoder's (e.g. the stage-1 encoder after stage 2) token by token.
+features with a reference encoder's (e.g. the stage-1 encoder after stage 2) token by token. The colour probe
+(eval/probe.py) says whether lost detail was lost in the encoder or in the codes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tokenizer import VQRAE, CodebookUsage
 
 from .metrics import psnr, to_uint8
+from .probe import PatchColourProbe
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ def reconstruction_metrics(
     if fid_net is None:
         notes["rfid"] = "not computed: pass inception weights (torch-fidelity pt_inception-2015-12-05)"
     usage = CodebookUsage(vq.config.codebook_size)
+    probe = PatchColourProbe()
     psnrs, ssims, lpipss, cosines, real_feats, fake_feats = [], [], [], [], [], []
     skipped = 0
     first = None
@@ -123,6 +126,7 @@ def reconstruction_metrics(
         codes = vq.quantizer.lookup(features)
         recon = vq.decode(codes)
         usage.update(codes)
+        probe.update(pixels, features, vq.quantizer.code_vectors(codes))
         psnrs.append(psnr(pixels, recon).cpu())
         ssims.append(ssim(pixels, recon))
         if lpips_net is not None:
@@ -151,6 +155,7 @@ def reconstruction_metrics(
         out["lpips"] = float(torch.cat(lpipss).mean())
     if fid_net is not None:
         out["rfid"] = FIDFeatures.fid(torch.cat(real_feats), torch.cat(fake_feats))
+    out.update(probe.result())
     if cosines:
         out["feature_cosine"] = float(torch.cat(cosines).mean())
     if grid_path is not None:
