@@ -94,8 +94,12 @@ def reconstruction_metrics(
     to_device: Callable = lambda b: b,
     grid_path: str | Path | None = None,
     progress: bool = True,
+    quantize: bool = True,
 ) -> dict:
-    """Evaluate `vq` on every image of `dataset` (items with "pixels" (3,H,W) in [0,1])."""
+    """Evaluate `vq` on every image of `dataset` (items with "pixels" (3,H,W) in [0,1]).
+
+    quantize=False decodes the continuous features instead (the RAE baseline): no codes, so no codebook usage.
+    """
     from tqdm.auto import tqdm
 
     was_training = vq.training
@@ -123,10 +127,13 @@ def reconstruction_metrics(
         pixels = to_device(batch["pixels"])
         skipped += batch.get("skipped", 0)
         features = vq.encode(pixels)
-        codes = vq.quantizer.lookup(features)
-        recon = vq.decode(codes)
-        usage.update(codes)
-        probe.update(pixels, features, vq.quantizer.code_vectors(codes))
+        if quantize:
+            codes = vq.quantizer.lookup(features)
+            recon = vq.decode(codes)
+            usage.update(codes)
+            probe.update(pixels, features, vq.quantizer.code_vectors(codes))
+        else:
+            recon = vq.decode_features(features, quantize=False)
         psnrs.append(psnr(pixels, recon).cpu())
         ssims.append(ssim(pixels, recon))
         if lpips_net is not None:
@@ -147,10 +154,10 @@ def reconstruction_metrics(
         "images": int(sum(len(p) for p in psnrs)),
         "psnr": float(finite.mean()) if len(finite) else float("inf"),
         "ssim": float(torch.cat(ssims).mean()),
-        "utilization": usage.utilization,
-        "perplexity": usage.perplexity,
         "skipped_images": int(skipped),
     }
+    if quantize:
+        out.update(utilization=usage.utilization, perplexity=usage.perplexity)
     if lpipss:
         out["lpips"] = float(torch.cat(lpipss).mean())
     if fid_net is not None:

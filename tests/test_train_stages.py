@@ -164,3 +164,37 @@ def test_codebook_dim_ablation_command(encoder_dir, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "utilization" in table and "PSNR" in table
     assert main(["ablate", "codebook-dim", "--config", str(cfg), "--dims", "8"]) == 2
+
+
+def test_continuous_baseline_trains_without_the_quantizer(encoder_dir, tmp_path):
+    """quantize=false: the decoder reads the encoder's features, the quantizer is neither used nor optimised."""
+    cls = get_stage("tokenizer-stage1")
+    cfg = load_config(cls.config_class, None, [f"output_dir={tmp_path}", f"encoder={encoder_dir}", *TINY_DATA,
+                                                "codebook_size=64", "codebook_dim=32", "quantize=false"])
+    stage = cls(cfg)
+    module = stage.build_model()
+    optimised = {id(p) for g in stage.param_groups(module) for p in g["params"]}
+    assert not any(id(p) in optimised for p in module.vq.quantizer.parameters())
+    assert any(id(p) in optimised for p in module.vq.decoder.parameters())
+    pixels = torch.rand(4, 3, 32, 32)
+    loss, metrics = module(pixels)
+    assert torch.isfinite(loss) and "batch_utilization" not in metrics and float(metrics["quantizer"]) == 0
+    loss.backward()
+    assert all(p.grad is None for p in module.vq.quantizer.parameters())
+    m = stage.evaluate(module, 0)
+    assert m["psnr"] > 0 and "utilization" not in m  # no codes, no codebook usage
+
+
+def test_quantizer_ablation_command(encoder_dir, tmp_path, capsys):
+    from scripts.cli import main
+
+    cfg = Path(__file__).parents[1] / "configs" / "shapes-tiny" / "tokenizer-stage1.yaml"
+    rc = main(["ablate", "quantizer", "--config", str(cfg), "--out", str(tmp_path), f"encoder={encoder_dir}",
+               *TINY_DATA, "codebook_size=64", "codebook_dim=32", "batch_size=8", "max_steps=3", "eval_every=0",
+               "save_every=0"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["decoder input"] for r in rows] == ["codes", "continuous"]
+    assert 0 < rows[0]["utilization"] <= 1 and rows[1]["utilization"] is None
+    assert all(r["psnr"] > 0 for r in rows)
+    assert "quantization costs" in capsys.readouterr().out

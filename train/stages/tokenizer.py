@@ -45,6 +45,9 @@ class TokenizerStageConfig(TrainConfig):
     decoder_dim: int | None = None  # None: mirror the encoder
     decoder_depth: int | None = None
     decoder_heads: int | None = None
+    # false: the continuous baseline (RAE): the decoder reads unquantized features, no codes and no quantizer loss.
+    # Not a tokenizer (its codes stay untrained); it is the ceiling `vqrae ablate quantizer` measures codes against.
+    quantize: bool = True
     # data
     data: str = "shapes"  # "shapes" (rendered on the fly) or an image data path (e.g. DIR/train of vqrae data shapes)
     data_num: int = 20000
@@ -90,23 +93,31 @@ class TokenizerTrainer(nn.Module):
             vq.set_encoder_trainable(True)
         else:
             vq.set_encoder_trainable(False)
+        if not config.quantize:
+            vq.quantizer.requires_grad_(False)  # the continuous baseline never uses it
         self.perceptual = PerceptualLoss(config.lpips_vgg_weights, feature_net=self.teacher or vq.encoder)
         self.disc = PatchDiscriminator(config.disc_channels) if config.gan_weight > 0 else None
 
     def forward(self, pixels: torch.Tensor, step: int = 0):
         c = self.config
-        out = self.vq(pixels)
-        recon = out.reconstruction
+        if c.quantize:
+            out = self.vq(pixels)
+            recon, features, quantizer_loss = out.reconstruction, out.features, out.quantizer_loss
+        else:
+            features = self.vq.encode(pixels)
+            recon = self.vq.decoder(features, self.vq.grid_size)
+            quantizer_loss = recon.new_zeros(())
         l2 = F.mse_loss(recon, pixels)
         perceptual = self.perceptual(recon, pixels) if c.perceptual_weight > 0 else recon.new_zeros(())
-        loss = c.l2_weight * l2 + c.perceptual_weight * perceptual + c.quantizer_weight * out.quantizer_loss
-        metrics = {"l2": l2.detach(), "perceptual": perceptual.detach(), "quantizer": out.quantizer_loss.detach(),
-                   "psnr": -10 * torch.log10(F.mse_loss(recon.detach().clamp(0, 1), pixels)),
-                   "batch_utilization": out.codes.unique().numel() / self.vq.config.codebook_size}
+        loss = c.l2_weight * l2 + c.perceptual_weight * perceptual + c.quantizer_weight * quantizer_loss
+        metrics = {"l2": l2.detach(), "perceptual": perceptual.detach(), "quantizer": quantizer_loss.detach(),
+                   "psnr": -10 * torch.log10(F.mse_loss(recon.detach().clamp(0, 1), pixels))}
+        if c.quantize:
+            metrics["batch_utilization"] = out.codes.unique().numel() / self.vq.config.codebook_size
         if self.teacher is not None:
             with torch.no_grad():
                 target = self.teacher(pixels)
-            distill = F.mse_loss(out.features, target)
+            distill = F.mse_loss(features, target)
             loss = loss + c.distill_weight * distill
             metrics["distill"] = distill.detach()
         if self.disc is not None:
@@ -155,7 +166,8 @@ class TokenizerStage1(Stage):
 
     def param_groups(self, module: TokenizerTrainer):
         c = self.config
-        rest = [m for name, m in module.vq.named_children() if name != "encoder"]
+        skip = {"encoder"} if c.quantize else {"encoder", "quantizer"}  # an unused quantizer is not optimised
+        rest = [m for name, m in module.vq.named_children() if name not in skip]
         groups = []
         for m in rest:
             groups += param_groups(m, lr=c.lr, weight_decay=c.weight_decay, name="tokenizer")
@@ -185,12 +197,15 @@ class TokenizerStage1(Stage):
         module = unwrap(model)
         metrics = reconstruction_metrics(module.vq, self._val, batch_size=self.config.batch_size,
                                          reference_encoder=module.teacher, to_device=self.to_device,
-                                         progress=False)
+                                         progress=False, quantize=self.config.quantize)
         # Numbers only (the notes are for the CLI), and not the image count: it is a constant, not a curve.
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "images"}
 
     def export(self, module: TokenizerTrainer, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         module.vq.config.freeze_encoder = True  # a finished tokenizer loads frozen; stage 2 unfreezes it itself
+        if not self.config.quantize:
+            logger.warning("quantize=false: %s is a continuous autoencoder; its codes are untrained (decode with "
+                           "decode_features(features, quantize=False))", folder)
         module.vq.save_pretrained(folder, state_dict=sub_state_dict(state_dict, "vq"))
 
 
