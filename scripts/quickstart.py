@@ -91,10 +91,14 @@ def run(args: argparse.Namespace) -> int:
                                                grid_path=out / f"eval-{name}" / "grid.png")
         write_summary(results[name], out / f"eval-{name}" / "summary.json")
     print("\nreconstruction on held-out ShapesWorld test images:")
-    print(f"{'':8}{'PSNR':>8}{'SSIM':>8}{'util':>8}{'perplexity':>12}{'feat cos':>10}")
+    print(f"{'':8}{'PSNR':>8}{'SSIM':>8}{'util':>8}{'perplexity':>12}{'feat cos':>10}{'colour probe':>16}")
     for name, m in results.items():
+        probe = (f"{m['colour_probe_features']:.1f} / {m['colour_probe_codes']:.1f}"
+                 if "colour_probe_codes" in m else "-")
         print(f"{name:8}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m['utilization']:>8.1%}{m['perplexity']:>12.1f}"
-              f"{m.get('feature_cosine', 1.0):>10.4f}")
+              f"{m.get('feature_cosine', 1.0):>10.4f}{probe:>16}")
+    print("(colour probe: RMS error, in 8-bit levels, of a linear read-out of each patch's mean colour from the "
+          "features / from the codes)")
     sample = min((data / "test" / "images").glob("*.png"))
     pair = out / "reconstruction.png"
     vqrae(["reconstruct", "--tokenizer", str(stage2), "--image", str(sample), "--out", str(pair)])

@@ -204,8 +204,8 @@ class TokenizerStage1(Stage):
     def export(self, module: TokenizerTrainer, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         module.vq.config.freeze_encoder = True  # a finished tokenizer loads frozen; stage 2 unfreezes it itself
         if not self.config.quantize:
-            logger.warning("quantize=false: %s is a continuous autoencoder; its codes are untrained (decode with "
-                           "decode_features(features, quantize=False))", folder)
+            logger.warning("quantize=false: the export is a continuous autoencoder; its codes are untrained "
+                           "(decode with decode_features(features, quantize=False))")
         module.vq.save_pretrained(folder, state_dict=sub_state_dict(state_dict, "vq"))
 
 
