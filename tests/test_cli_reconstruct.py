@@ -88,8 +88,8 @@ def test_wrong_size_with_no_resize(tok_dir, photo, tmp_path, capsys):
 def test_console_script_exit_code(tok_dir, tmp_path):
     exe = shutil.which("vqrae") or str(__import__("pathlib").Path(sys.executable).parent / "vqrae")
     res = subprocess.run([exe, "reconstruct", "--tokenizer", str(tok_dir), "--image", str(tmp_path / "x.jpg"),
-                          "--out", str(tmp_path / "o.png")], capture_output=True, text=True)
+                          "--out", str(tmp_path / "o.png")], capture_output=True, text=True, check=False)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("vqrae reconstruct: error:")
-    help_res = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    help_res = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False)
     assert help_res.returncode == 0 and "reconstruct" in help_res.stdout

@@ -44,7 +44,7 @@ class VQRAE(PreTrainedModel):
     base_model_prefix = "vqrae"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["Block"]  # noqa: RUF012 (transformers reads and extends this list)
 
     def __init__(self, config: VQRAEConfig):
         super().__init__(config)
