@@ -24,17 +24,23 @@ class PatchColourProbe:
         self.features, self.codes, self.colours = [], [], []
         self.count = 0
 
+    @property
+    def full(self) -> bool:
+        """True once max_tokens are held: callers can skip computing code vectors for further batches."""
+        return self.count >= self.max_tokens
+
     def update(self, pixels: torch.Tensor, features: torch.Tensor, code_vectors: torch.Tensor) -> None:
         """pixels (B,3,H,W) in [0,1]; features and code_vectors (B, h*w, d) in raster order."""
-        if self.count >= self.max_tokens:
+        if self.full:
             return
         b, n, d = features.shape
         grid = math.isqrt(n)
         colours = F.adaptive_avg_pool2d(pixels.float(), grid).flatten(2).transpose(1, 2).reshape(-1, 3) * 255
         keep = torch.randperm(b * n, generator=self.generator)[: self.max_tokens - self.count]
-        self.features.append(features.reshape(-1, d).float().cpu()[keep])
-        self.codes.append(code_vectors.reshape(-1, d).float().cpu()[keep])
-        self.colours.append(colours.cpu()[keep])
+        keep = keep.to(features.device)  # select on the device, copy only the kept tokens
+        self.features.append(features.reshape(-1, d)[keep].float().cpu())
+        self.codes.append(code_vectors.reshape(-1, d)[keep].float().cpu())
+        self.colours.append(colours[keep].cpu())
         self.count += len(keep)
 
     def result(self) -> dict[str, float]:

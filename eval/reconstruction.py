@@ -131,7 +131,8 @@ def reconstruction_metrics(
             codes = vq.quantizer.lookup(features)
             recon = vq.decode(codes)
             usage.update(codes)
-            probe.update(pixels, features, vq.quantizer.code_vectors(codes))
+            if not probe.full:
+                probe.update(pixels, features, vq.quantizer.code_vectors(codes))
         else:
             recon = vq.decode_features(features, quantize=False)
         psnrs.append(psnr(pixels, recon).cpu())
