@@ -25,7 +25,7 @@ ShapesWorld (data.shapes, data.shapes_writer; `vqrae data shapes --out DIR --num
 GenEval (data.geneval): validate_geneval_record, geneval_check(record, objects) (the official rules),
 relative_position, build_prompt_set; `vqrae data prompts --out DIR` writes evaluation_metadata.jsonl + references.
 
-Imports are lazy: `import data` loads nothing heavy (no torch, no datasets).
+Imports are lazy: this package loads nothing heavy until a name is used (no torch, no datasets).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "load_image": "data.images", "image_to_tensor": "data.images", "tensor_to_pil": "data.images",
-    "image_dataset": "data.readers", "caption_dataset": "data.readers", "conversation_dataset": "data.readers",
-    "ImageDataset": "data.readers", "ShapesDataset": "data.readers", "collate": "data.readers",
-    "ShapesConfig": "data.shapes", "render_sample": "data.shapes",
-    "write_shapes": "data.shapes_writer", "write_prompt_set": "data.shapes_writer",
+    "load_image": ".images", "image_to_tensor": ".images", "tensor_to_pil": ".images",
+    "image_dataset": ".readers", "caption_dataset": ".readers", "conversation_dataset": ".readers",
+    "ImageDataset": ".readers", "ShapesDataset": ".readers", "collate": ".readers",
+    "ShapesConfig": ".shapes", "render_sample": ".shapes",
+    "write_shapes": ".shapes_writer", "write_prompt_set": ".shapes_writer",
 }
 
 __all__ = list(_EXPORTS)
@@ -45,5 +45,5 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'data' has no attribute {name!r}")
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

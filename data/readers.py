@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from data.images import CROPS, ImageSource, image_to_tensor, load_image
-from data.records import parse_records, read_records
+from vqrae.data.images import CROPS, ImageSource, image_to_tensor, load_image
+from vqrae.data.records import parse_records, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ class ShapesDataset(Dataset):
     """
 
     def __init__(self, num: int, config=None, seed: int = 0, split: str = "train", size: int | None = None):
-        from data.shapes import ShapesConfig, sample_rng
+        from vqrae.data.shapes import ShapesConfig, sample_rng
 
         sample_rng(seed, split)  # validates the split name now rather than in a worker
         self.num, self.config, self.seed, self.split, self.size = num, config or ShapesConfig(), seed, split, size
@@ -346,7 +346,7 @@ class ShapesDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         from PIL import Image
 
-        from data.shapes import render_sample
+        from vqrae.data.shapes import render_sample
 
         if not 0 <= i < self.num:
             raise IndexError(i)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from data.geneval import GENEVAL_COLORS, RELATIONS, TAGS, geneval_check, make_record, stable_relations
+from vqrae.data.geneval import GENEVAL_COLORS, RELATIONS, TAGS, geneval_check, make_record, stable_relations
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 # Fill colours, chosen far from each other and from the grey-ish backgrounds (see _sample_background).
@@ -382,7 +382,7 @@ def sample_rng(seed: int, split: str = "train", index: int = 0) -> np.random.Gen
 def render_sample(cfg: ShapesConfig, seed: int, split: str = "train", index: int = 0,
                   record: dict | None = None) -> Sample:
     """One ShapesWorld sample with its full record (captions, VQA, conversations, GenEval metadata)."""
-    from data.shapes_text import captions_for, vqa_for, vqa_to_conversation  # text is a layer above pixels
+    from vqrae.data.shapes_text import captions_for, vqa_for, vqa_to_conversation  # text is a layer above pixels
 
     rng = sample_rng(seed, split, index)
     tag, rec, background, image, labels, gt = sample_scene(rng, cfg, record=record)

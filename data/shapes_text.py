@@ -12,8 +12,8 @@ from collections import Counter
 
 import numpy as np
 
-from data.geneval import OPPOSITE, geneval_prompt, make_record, noun_phrase, plural, stable_relations
-from data.shapes import ShapesConfig, choice, sample
+from vqrae.data.geneval import OPPOSITE, geneval_prompt, make_record, noun_phrase, plural, stable_relations
+from vqrae.data.shapes import ShapesConfig, choice, sample
 
 # Shapes a model is most likely to confuse with each shape: the source of adversarial POPE negatives.
 CONFUSABLE = {

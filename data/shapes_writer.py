@@ -25,8 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from data.geneval import TAG_COUNTS, build_prompt_set, write_jsonl
-from data.shapes import SPLITS, ShapesConfig, config_dict, render_sample
+from vqrae.data.geneval import TAG_COUNTS, build_prompt_set, write_jsonl
+from vqrae.data.shapes import SPLITS, ShapesConfig, config_dict, render_sample
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ PROMPTS = ["a red circle", "a green triangle above a yellow circle", "two blue s
 
 
 def _setup(args: argparse.Namespace):
-    from unified_model.testing import tiny_unified_model
+    from vqrae.unified_model.testing import tiny_unified_model
 
     model = tiny_unified_model(
         seed=0, image_size=8 * args.grid, vqrae_overrides={"codebook_size": args.codebook_size},
@@ -72,7 +72,7 @@ class _CodeRange:
 def _cases(args, model, prompts):
     from transformers import LogitsProcessorList
 
-    from unified_model.generation import decode, left_pad, sample_image_codes
+    from vqrae.unified_model.generation import decode, left_pad, sample_image_codes
 
     n = model.config.num_image_tokens
     lo, hi = model.config.code_range
@@ -124,7 +124,7 @@ def _timed(fn, device: str) -> float:
 
 @torch.no_grad()
 def main(args: argparse.Namespace) -> int:
-    from unified_model.generation import validate_sampling
+    from vqrae.unified_model.generation import validate_sampling
 
     validate_sampling(args.temperature, args.top_k, args.top_p, args.cfg_scale)
     for name in ("hidden_size", "layers", "heads", "codebook_size", "grid", "prompts", "repeats", "threads"):

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _setup(args: argparse.Namespace):
     from vector_quantize_pytorch import SimVQ as PeerSimVQ
 
-    from tokenizer.quantizer import SimVQ
+    from vqrae.tokenizer.quantizer import SimVQ
 
     torch.manual_seed(0)
     ours = SimVQ(dim=args.dim, codebook_size=args.codebook_size, codebook_dim=args.dim,
@@ -60,7 +60,7 @@ def _cases(ours, peer, z):
 
     def ours_lookup():
         with torch.no_grad():
-            from tokenizer.quantizer import nearest_code
+            from vqrae.tokenizer.quantizer import nearest_code
 
             return nearest_code(z, ours.mapped_codebook(), ours.lookup_memory_mb)
 

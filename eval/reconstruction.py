@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from tokenizer import VQRAE, CodebookUsage
+from vqrae.tokenizer import VQRAE, CodebookUsage
 
 from .metrics import psnr, to_uint8
 from .probe import PatchColourProbe
@@ -69,7 +69,7 @@ def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str 
     """A PNG with pairs of rows: originals above their reconstructions."""
     from PIL import Image
 
-    from data.images import tensor_to_pil
+    from vqrae.data.images import tensor_to_pil
 
     n = min(len(originals), 4 * columns)
     size = originals.shape[-1]
@@ -107,7 +107,7 @@ def reconstruction_metrics(
     lpips_net = None
     notes = {}
     if lpips_vgg_weights:
-        from tokenizer.losses import build_lpips
+        from vqrae.tokenizer.losses import build_lpips
 
         lpips_net = build_lpips(lpips_vgg_weights).to(vq.device)
     else:
@@ -120,7 +120,7 @@ def reconstruction_metrics(
     psnrs, ssims, lpipss, cosines, real_feats, fake_feats = [], [], [], [], [], []
     skipped = 0
     first = None
-    from data.readers import collate
+    from vqrae.data.readers import collate
 
     batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in tqdm(batches, desc="reconstruction eval", disable=not progress):
@@ -185,10 +185,10 @@ def load_reference_encoder(path: str, device: str | torch.device = "cpu") -> Cal
         raise FileNotFoundError(f"reference encoder folder has no config.json: {path}")
     model_type = json.loads(cfg_file.read_text()).get("model_type", "")
     if model_type == "vqrae":
-        from tokenizer import load_vqrae
+        from vqrae.tokenizer import load_vqrae
 
         return load_vqrae(path, device).encoder.eval()
-    from tokenizer.encoders import build_encoder, load_encoder_weights, resolve_encoder
+    from vqrae.tokenizer.encoders import build_encoder, load_encoder_weights, resolve_encoder
 
     kind = "dinov2" if model_type.startswith("dinov2") else "siglip"
     spec = resolve_encoder(kind, path)

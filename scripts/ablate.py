@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from scripts import CLIError
+from vqrae.cli import CLIError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _stage1_eval(config: str, overrides: list[str], out: Path) -> dict:
     """Train tokenizer stage 1 on `config` + `overrides` into `out`; its last evaluation's numbers."""
-    from train import load_config, train
-    from train.metrics import read_metrics
-    from train.stages import get_stage
+    from vqrae.train import load_config, train
+    from vqrae.train.metrics import read_metrics
+    from vqrae.train.stages import get_stage
 
     cls = get_stage("tokenizer-stage1")
     cfg = load_config(cls.config_class, config, [*overrides, f"output_dir={out}"])

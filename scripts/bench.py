@@ -7,8 +7,8 @@ import importlib
 
 # name -> (module with add_arguments(parser) and main(args) -> int, one-line help)
 BENCHMARKS = {
-    "quantizer": ("eval.bench_quantizer", "our SimVQ vs vector-quantize-pytorch's SimVQ, and vs the bare matmul"),
-    "generate": ("eval.bench_generate", "our image sampler vs Hugging Face generate() with guidance_scale"),
+    "quantizer": ("vqrae.eval.bench_quantizer", "our SimVQ vs vector-quantize-pytorch's SimVQ, and vs the bare matmul"),
+    "generate": ("vqrae.eval.bench_generate", "our image sampler vs Hugging Face generate() with guidance_scale"),
 }
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts import CLIError
-from scripts.generate import add_draw_arguments, add_model_arguments, draw_settings, load_model
+from vqrae.cli import CLIError
+from vqrae.cli.generate import add_draw_arguments, add_model_arguments, draw_settings, load_model
 
 HELP = """commands:
   /image PATH    attach an image to your next message
@@ -46,8 +46,8 @@ def _error(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unified_model import validate_sampling
-    from unified_model.chat import ChatSession
+    from vqrae.unified_model import validate_sampling
+    from vqrae.unified_model.chat import ChatSession
 
     validate_sampling(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 1:

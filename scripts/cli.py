@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from scripts import CLIError
+from vqrae.cli import CLIError
 
 # Order is the order of `vqrae --help`.
 COMMANDS = [
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"scripts.{name}").register(sub)
+        importlib.import_module(f"vqrae.cli.{name}").register(sub)
     return parser
 
 

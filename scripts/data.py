@@ -15,8 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def _shapes(args: argparse.Namespace) -> int:
-    from data.shapes import ShapesConfig
-    from data.shapes_writer import split_sizes, write_shapes
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.data.shapes_writer import split_sizes, write_shapes
 
     cfg = ShapesConfig(size=args.size)
     sizes = split_sizes(args.num, args.val_frac, args.test_frac)
@@ -29,8 +29,8 @@ def _shapes(args: argparse.Namespace) -> int:
 
 
 def _prompts(args: argparse.Namespace) -> int:
-    from data.shapes import ShapesConfig
-    from data.shapes_writer import write_prompt_set
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.data.shapes_writer import write_prompt_set
 
     records = write_prompt_set(args.out, ShapesConfig(size=args.size), seed=args.seed,
                                references=not args.no_references, workers=args.workers)
@@ -39,7 +39,7 @@ def _prompts(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from data.readers import ImageDataset, open_source
+    from vqrae.data.readers import ImageDataset, open_source
 
     report = ImageDataset(open_source(args.path, args.kind, args.split, args.image_root), size=None).scan()
     for reason in report["skipped"].values():

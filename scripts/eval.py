@@ -36,10 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_reconstruction(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
-    from eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
-    from scripts import CLIError
-    from tokenizer import load_vqrae
-    from train.stages.common import image_text_dataset
+    from vqrae.eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
+    from vqrae.cli import CLIError
+    from vqrae.tokenizer import load_vqrae
+    from vqrae.train.stages.common import image_text_dataset
 
     if args.batch_size <= 0:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")

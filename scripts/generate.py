@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from scripts import CLIError
+from vqrae.cli import CLIError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_draw_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 def draw_settings(args: argparse.Namespace, prefix: str = "") -> dict:
     """The keyword arguments of `generate_images` chosen by `add_draw_arguments`, validated."""
-    from unified_model import validate_sampling
+    from vqrae.unified_model import validate_sampling
 
     get = lambda name: getattr(args, prefix + name)
     s = {"cfg_scale": None if get("no_cfg") else get("cfg_scale"), "cfg_schedule": get("cfg_schedule"),
@@ -43,7 +43,7 @@ def draw_settings(args: argparse.Namespace, prefix: str = "") -> dict:
 def load_model(args: argparse.Namespace):
     import torch
 
-    from unified_model import UnifiedModel
+    from vqrae.unified_model import UnifiedModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32

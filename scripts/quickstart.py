@@ -18,9 +18,11 @@ import logging
 import time
 from pathlib import Path
 
+from vqrae.train.config import CONFIG_DIR
+
 logger = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "shapes-tiny"
+CONFIGS = CONFIG_DIR / "shapes-tiny"
 
 # --smoke: the same pipeline with toy sizes, to check that everything is wired (about a minute on 2 cores).
 SMOKE = {
@@ -42,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(stage_name: str, out: Path, overrides: list[str], smoke: bool) -> Path:
-    from train import load_config, train
-    from train.stages import get_stage
+    from vqrae.train import load_config, train
+    from vqrae.train.stages import get_stage
 
     final = out / "final"
     if (final / "config.json").is_file():
@@ -61,7 +63,7 @@ def _train(stage_name: str, out: Path, overrides: list[str], smoke: bool) -> Pat
 
 
 def run(args: argparse.Namespace) -> int:
-    from scripts.cli import main as vqrae
+    from vqrae.cli.cli import main as vqrae
 
     out = Path(args.out)
     data = out / "shapes64"
@@ -78,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     stage1 = _train("tokenizer-stage1", out / "tokenizer-stage1", [*paths, f"encoder={encoder}"], args.smoke)
     stage2 = _train("tokenizer-stage2", out / "tokenizer-stage2", [*paths, f"tokenizer={stage1}"], args.smoke)
 
-    from eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
-    from tokenizer import load_vqrae
-    from train.stages.common import image_text_dataset
+    from vqrae.eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
+    from vqrae.tokenizer import load_vqrae
+    from vqrae.train.stages.common import image_text_dataset
 
     results = {}
     for name, folder, reference in (("stage1", stage1, None), ("stage2", stage2, stage1)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from scripts import CLIError
+from vqrae.cli import CLIError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from data.images import image_to_tensor, load_image, tensor_to_pil
-    from eval.metrics import psnr
-    from tokenizer import load_vqrae
+    from vqrae.data.images import image_to_tensor, load_image, tensor_to_pil
+    from vqrae.eval.metrics import psnr
+    from vqrae.tokenizer import load_vqrae
 
     img = load_image(args.image)
     vq = load_vqrae(args.tokenizer, args.device)

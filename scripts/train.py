@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train import TrainingDiverged, distributed, load_config, train
-    from train.stages import get_stage
+    from vqrae.train import TrainingDiverged, distributed, load_config, train
+    from vqrae.train.stages import get_stage
 
     if int(os.environ.get("RANK", "0") or 0) != 0:
         logging.getLogger().setLevel(logging.WARNING)  # one process reports progress

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.cli import main
-from tokenizer import VQRAE
-from tokenizer.testing import tiny_vqrae_config
+from vqrae.cli.cli import main
+from vqrae.tokenizer import VQRAE
+from vqrae.tokenizer.testing import tiny_vqrae_config
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.images import image_to_tensor, load_image, tensor_to_pil
+from vqrae.data.images import image_to_tensor, load_image, tensor_to_pil
 
 
 def _left_red_right_blue(w: int = 40, h: int = 20) -> Image.Image:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from data.readers import caption_dataset, collate, conversation_dataset, image_dataset
+from vqrae.data.readers import caption_dataset, collate, conversation_dataset, image_dataset
 
 
 def png_bytes(color=(200, 30, 30), size=(24, 16), mode="RGB", fmt="PNG", **kw) -> bytes:
@@ -46,7 +46,7 @@ def mixed_folder(tmp_path):
 def test_folder_skips_and_counts_unreadable(mixed_folder, caplog):
     ds = image_dataset(mixed_folder, size=16)
     assert len(ds) == 8
-    caplog.set_level(logging.WARNING, logger="data.readers")
+    caplog.set_level(logging.WARNING, logger="vqrae.data.readers")
     for _epoch in range(2):
         batches = list(DataLoader(ds, batch_size=3, collate_fn=collate))
         assert sum(b["skipped"] for b in batches) == 3  # each unreadable file counted once per epoch
@@ -73,7 +73,7 @@ def test_folder_skips_and_counts_unreadable(mixed_folder, caplog):
 
 
 def test_check_command(mixed_folder, tmp_path, capsys):
-    from scripts.cli import main
+    from vqrae.cli.cli import main
 
     assert main(["data", "check", str(mixed_folder)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"total": 8, "readable": 5, "skipped": 3}
@@ -211,9 +211,9 @@ def test_records(tmp_path):
 
 
 def test_shapes_dataset_matches_written_files(tmp_path):
-    from data.readers import ShapesDataset
-    from data.shapes import ShapesConfig
-    from data.shapes_writer import write_shapes
+    from vqrae.data.readers import ShapesDataset
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.data.shapes_writer import write_shapes
 
     cfg = ShapesConfig(size=32)
     write_shapes(tmp_path, cfg, {"val": 5}, seed=3, workers=1, formats=("folder",), progress=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.geneval import (
+from vqrae.data.geneval import (
     TAG_COUNTS,
     TAGS,
     build_prompt_set,
@@ -20,8 +20,8 @@ from data.geneval import (
     relative_position,
     validate_geneval_record,
 )
-from data.shapes import PALETTE, Background, ShapesConfig, render_background, render_sample, rle_to_mask
-from data.shapes_text import CONFUSABLE
+from vqrae.data.shapes import PALETTE, Background, ShapesConfig, render_background, render_sample, rle_to_mask
+from vqrae.data.shapes_text import CONFUSABLE
 
 OFFICIAL = Path("/work/shared/benchmarks/geneval/evaluation_metadata.jsonl")
 PLURAL = {c: c + ("es" if c.endswith("ss") else "s") for c in ShapesConfig().classes}
@@ -194,7 +194,7 @@ def test_determinism_and_disjoint_splits(tmp_path):
               ("train", "val", "test")}
     assert not (images["train"] & images["val"] or images["train"] & images["test"] or images["val"] & images["test"])
 
-    from data.shapes_writer import write_shapes
+    from vqrae.data.shapes_writer import write_shapes
 
     sizes = {"train": 300, "val": 6}  # more than one pool chunk, so workers=2 really splits the work
     write_shapes(tmp_path / "one", cfg, sizes, seed=1, workers=1, formats=("folder",), progress=False)
@@ -209,7 +209,7 @@ def test_geneval_schema_and_prompt_set(tmp_path):
     key_sets = {tuple(sorted(r)) for r in official}
     item_keys = {tuple(sorted(i)) for r in official for i in r["include"]}
 
-    from data.shapes_writer import write_prompt_set
+    from vqrae.data.shapes_writer import write_prompt_set
 
     cfg = ShapesConfig(size=48)
     counts = {t: 6 for t in TAGS}
@@ -256,8 +256,8 @@ def test_geneval_rules():
 
 
 def test_writers_and_cli(tmp_path, capsys):
-    from data.readers import caption_dataset, conversation_dataset, image_dataset
-    from scripts.cli import main
+    from vqrae.data.readers import caption_dataset, conversation_dataset, image_dataset
+    from vqrae.cli.cli import main
 
     out = tmp_path / "sw"
     assert main(["data", "shapes", "--out", str(out), "--num", "20", "--size", "32", "--workers", "1",

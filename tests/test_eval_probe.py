@@ -2,7 +2,7 @@
 
 import torch
 
-from eval.probe import PatchColourProbe
+from vqrae.eval.probe import PatchColourProbe
 
 
 def _batch(seed: int, b: int = 16, grid: int = 4, patch: int = 4, d: int = 8):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from scripts.cli import main
+from vqrae.cli.cli import main
 
 
 def test_quickstart_smoke_runs_end_to_end_and_resumes(tmp_path, capsys):

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tokenizer import VQRAE, CodebookUsage, SimVQ, VQRAEConfig, nearest_code
-from tokenizer.testing import TINY_DINOV2, TINY_SIGLIP, tiny_vqrae_config
+from vqrae.tokenizer import VQRAE, CodebookUsage, SimVQ, VQRAEConfig, nearest_code
+from vqrae.tokenizer.testing import TINY_DINOV2, TINY_SIGLIP, tiny_vqrae_config
 
 
 @pytest.fixture(params=["siglip", "dinov2", "timm"])
@@ -116,7 +116,7 @@ def test_timm_encoder_loaded_from_local_folder(tmp_path):
     import timm
     from timm.models import save_for_hf
 
-    from tokenizer.testing import TINY_TIMM
+    from vqrae.tokenizer.testing import TINY_TIMM
 
     torch.manual_seed(3)
     ref = timm.create_model(TINY_TIMM["model_name"], pretrained=False, num_classes=0, **TINY_TIMM["kwargs"])

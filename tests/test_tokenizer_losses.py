@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenizer import VQRAE
-from tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
-from tokenizer.testing import tiny_vqrae_config
+from vqrae.tokenizer import VQRAE
+from vqrae.tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
+from vqrae.tokenizer.testing import tiny_vqrae_config
 
 
 def test_lpips_loads_backbone_from_disk(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.checkpoint import LATEST, CheckpointManager, load_rng, save_rng
+from vqrae.train.checkpoint import LATEST, CheckpointManager, load_rng, save_rng
 
 
 def writer(value: int, die_after_first_file: bool = False):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.config import TrainConfig, config_to_dict, load_config, save_config
-from train.schedules import build_scheduler, lr_factor
+from vqrae.train.config import TrainConfig, config_to_dict, load_config, save_config
+from vqrae.train.schedules import build_scheduler, lr_factor
 
 
 @dataclass

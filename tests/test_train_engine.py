@@ -14,11 +14,11 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 from train_toy import SimulatedCrash, ToyConfig, ToyStage
 
-import train.engine
-from train import TrainingDiverged, load_config
-from train.engine import Engine
-from train.metrics import read_metrics
-from train.stages import get_stage, register_stage
+import vqrae.train.engine
+from vqrae.train import TrainingDiverged, load_config
+from vqrae.train.engine import Engine
+from vqrae.train.metrics import read_metrics
+from vqrae.train.stages import get_stage, register_stage
 
 
 def toy(out: Path, *overrides: str) -> ToyStage:
@@ -67,7 +67,7 @@ def test_crash_and_resume_gives_the_uninterrupted_run(tmp_path, monkeypatch):
     def killed_mid_write(folder, rank):  # the step-9 write dies after the model state, before the rest
         raise SimulatedCrash("killed while writing a checkpoint")
 
-    monkeypatch.setattr(train.engine, "save_rng", killed_mid_write)
+    monkeypatch.setattr(vqrae.train.engine, "save_rng", killed_mid_write)
     with pytest.raises(SimulatedCrash):
         run(tmp_path / "resumed", *common)  # resumes at 6, saves 9 ... killed midway
     assert (tmp_path / "resumed" / "checkpoints" / ".tmp-step-00000009").is_dir()
@@ -134,7 +134,7 @@ def test_resume_policies_and_multi_process_guard(tmp_path, monkeypatch):
 def test_hugging_face_model_exports_with_save_pretrained(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from train import Stage
+    from vqrae.train import Stage
 
     class TinyLM(Stage):
         name = "tiny-lm"
@@ -150,7 +150,7 @@ def test_hugging_face_model_exports_with_save_pretrained(tmp_path):
         def loss(self, model, batch, step):
             return model(**batch).loss, {}
 
-    from train import TrainConfig
+    from vqrae.train import TrainConfig
 
     engine = Engine(TinyLM(TrainConfig(output_dir=str(tmp_path), max_steps=3, batch_size=4, lr=1e-2)))
     engine.run()
@@ -160,7 +160,7 @@ def test_hugging_face_model_exports_with_save_pretrained(tmp_path):
 
 
 def test_cli_trains_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
-    from scripts.cli import main
+    from vqrae.cli.cli import main
 
     register_stage(ToyStage)
     assert get_stage("toy") is ToyStage

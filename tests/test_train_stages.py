@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import load_config, train
-from train.metrics import read_metrics
-from train.stages import get_stage
+from vqrae.train import load_config, train
+from vqrae.train.metrics import read_metrics
+from vqrae.train.stages import get_stage
 
 TINY_DATA = ["data=shapes", "data_num=64", "val_data=shapes", "val_num=16", "log_every=1"]
 
@@ -65,7 +65,7 @@ def stage1_dir(encoder_dir, tmp_path_factory):
 
 
 def test_stage1_trains_only_the_tokenizer_side(stage1_dir, encoder_dir):
-    from tokenizer import VQRAE
+    from vqrae.tokenizer import VQRAE
 
     vq = VQRAE.from_pretrained(stage1_dir)
     fresh = VQRAE.from_encoder("siglip", str(encoder_dir), codebook_size=64, codebook_dim=32)
@@ -76,7 +76,7 @@ def test_stage1_trains_only_the_tokenizer_side(stage1_dir, encoder_dir):
 
 
 def test_stage2_trains_the_encoder_near_its_teacher(stage1_dir, tmp_path):
-    from tokenizer import VQRAE
+    from vqrae.tokenizer import VQRAE
 
     result, losses, evals = run_stage(
         "tokenizer-stage2", tmp_path, f"tokenizer={stage1_dir}", "data_num=8", "batch_size=8", "max_steps=8",
@@ -110,7 +110,7 @@ def test_stage_config_errors():
 
 
 def test_eval_reconstruction_cli(stage1_dir, encoder_dir, tmp_path, capsys):
-    from scripts.cli import main
+    from vqrae.cli.cli import main
 
     out = tmp_path / "eval"
     rc = main(["eval", "reconstruction", "--tokenizer", str(stage1_dir), "--data", "shapes", "--num", "12",
@@ -132,9 +132,9 @@ def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch):
     import torchvision
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from eval.reconstruction import reconstruction_metrics
-    from tokenizer import VQRAE
-    from train.stages.common import image_text_dataset
+    from vqrae.eval.reconstruction import reconstruction_metrics
+    from vqrae.tokenizer import VQRAE
+    from vqrae.train.stages.common import image_text_dataset
 
     # Build the network once with its weight loading stubbed out, to get a state dict of the right shapes.
     monkeypatch.setattr(torch, "load", lambda *a, **k: {})
@@ -151,7 +151,7 @@ def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch):
 
 
 def test_codebook_dim_ablation_command(encoder_dir, tmp_path, capsys):
-    from scripts.cli import main
+    from vqrae.cli.cli import main
 
     cfg = Path(__file__).parents[1] / "configs" / "shapes-tiny" / "tokenizer-stage1.yaml"
     rc = main(["ablate", "codebook-dim", "--config", str(cfg), "--dims", "8,32", "--out", str(tmp_path),
@@ -186,7 +186,7 @@ def test_continuous_baseline_trains_without_the_quantizer(encoder_dir, tmp_path)
 
 
 def test_quantizer_ablation_command(encoder_dir, tmp_path, capsys):
-    from scripts.cli import main
+    from vqrae.cli.cli import main
 
     cfg = Path(__file__).parents[1] / "configs" / "shapes-tiny" / "tokenizer-stage1.yaml"
     rc = main(["ablate", "quantizer", "--config", str(cfg), "--out", str(tmp_path), f"encoder={encoder_dir}",

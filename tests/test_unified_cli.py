@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.cli import main
-from unified_model import UnifiedModel
-from unified_model.testing import tiny_unified_model
+from vqrae.cli.cli import main
+from vqrae.unified_model import UnifiedModel
+from vqrae.unified_model.testing import tiny_unified_model
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unified_model import generate_text, sample_image_codes, validate_sampling
-from unified_model.generation import candidates, guidance_scale_at, sample
-from unified_model.testing import tiny_unified_model
+from vqrae.unified_model import generate_text, sample_image_codes, validate_sampling
+from vqrae.unified_model.generation import candidates, guidance_scale_at, sample
+from vqrae.unified_model.testing import tiny_unified_model
 
 PROMPTS = ["a red circle", "a green triangle above a yellow circle on the left"]  # different lengths: padding
 
@@ -132,7 +132,7 @@ def test_streamed_answer_equals_batched_answer_and_stops(um):
     assert "".join(pieces) == batched[0] and len(pieces) >= 1
     assert um.chat(msgs, [img], max_new_tokens=12) == batched[0]
     # A stop token ends the answer where it appears (and is not part of it).
-    from unified_model.generation import iter_text_tokens
+    from vqrae.unified_model.generation import iter_text_tokens
 
     free = [int(t[0]) for t in iter_text_tokens(um, [prompt], um.processor.pixel_values([img]), max_new_tokens=4)]
     saved = um.processor.stop_token_ids
@@ -149,7 +149,7 @@ def test_streamed_answer_equals_batched_answer_and_stops(um):
 def test_text_answers_never_contain_codes_or_image_specials(um):
     msgs = [{"role": "user", "content": "how many shapes are there?"}]
     prompt, _ = um.processor.encode_conversation(msgs, add_generation_prompt=True)
-    from unified_model.generation import iter_text_tokens
+    from vqrae.unified_model.generation import iter_text_tokens
 
     toks = torch.cat([t for t in iter_text_tokens(um, [prompt], max_new_tokens=30, temperature=2.0, seed=1)])
     allowed = um.text_token_mask()

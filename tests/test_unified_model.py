@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from unified_model import GEN_SLOT, IGNORE_INDEX, UnifiedCollator, UnifiedModel, get_template
-from unified_model.testing import tiny_unified_model
+from vqrae.unified_model import GEN_SLOT, IGNORE_INDEX, UnifiedCollator, UnifiedModel, get_template
+from vqrae.unified_model.testing import tiny_unified_model
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 from train_toy import SimulatedCrash, ToyConfig, ToyStage
 
-from train import distributed, load_config
-from train.engine import Engine
-from train.metrics import read_metrics
+from vqrae.train import distributed, load_config
+from vqrae.train.engine import Engine
+from vqrae.train.metrics import read_metrics
 
 
 def config(out: Path, ds: str, *extra: str) -> ToyConfig:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from train import Stage, TrainConfig, param_groups
+from vqrae.train import Stage, TrainConfig, param_groups
 
 
 @dataclass

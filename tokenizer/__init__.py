@@ -1,6 +1,6 @@
 """The VQRAE tokenizer: continuous features for understanding, discrete codes for generation, pixels back.
 
-    from tokenizer import VQRAE
+    from vqrae.tokenizer import VQRAE
     vq = VQRAE.from_pretrained(folder)
     feats, codes = vq.encode(pixels), vq.tokenize(pixels)
     images = vq.decode(codes)

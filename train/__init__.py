@@ -1,7 +1,7 @@
 """One training engine for every stage (tokenizer now, LLM stages later): plain PyTorch or DeepSpeed ZeRO 0-3.
 
-    from train import load_config, train
-    from train.stages import get_stage
+    from vqrae.train import load_config, train
+    from vqrae.train.stages import get_stage
     Stage = get_stage("tokenizer-stage1")
     result = train(Stage(load_config(Stage.config_class, "configs/shapes-tiny/tokenizer-stage1.yaml", ["lr=3e-4"])))
 

@@ -2,6 +2,10 @@
 
     cfg = load_config(MyStageConfig, "configs/shapes-tiny/stage1.yaml", ["lr=3e-4", "decoder.depth=2"])
 
+A config path that does not exist as a file is looked up among the configs shipped inside the package, so the
+documented names (`configs/shapes-tiny/tokenizer-stage1.yaml`, or just `shapes-tiny/tokenizer-stage1`) work after a
+plain `pip install`, from any folder.
+
 Every stage config subclasses `TrainConfig` (the engine's settings: steps, batch, lr, schedule, checkpoints, ...)
 and adds its own fields; a field may itself be a dataclass (YAML mapping, overridden with dotted keys). Values are
 checked against the field types: an unknown key or a value of the wrong type is a one-line ValueError naming the
@@ -21,6 +25,9 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 T = TypeVar("T")
+
+# The configs/ folder ships as package data (vqrae/configs/ once installed; the repository's configs/ in a checkout).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 _NULLS = {"null", "none", "~", ""}
 _TRUE = {"true", "yes", "on", "1"}
@@ -86,9 +93,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = resolve_config_path(path)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
@@ -104,6 +109,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ValueError(f"override '{item}' is not of the form key=value")
         _set_override(cls, values, key.strip(), raw, item)
     return _build(cls, values)
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with vqrae, as `group/name` (e.g. `shapes-tiny/tokenizer-stage1`)."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.glob("*/*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file that exists, else the shipped config of that name: `configs/G/N.yaml`, `G/N.yaml` or `G/N`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = path.as_posix().removeprefix("./").removeprefix("configs/")
+    packaged = CONFIG_DIR / (name if name.endswith((".yaml", ".yml")) else name + ".yaml")
+    if not path.is_absolute() and packaged.is_file():
+        return packaged
+    raise FileNotFoundError(f"config file not found: {path} (shipped configs: {', '.join(packaged_configs())})")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The training engine: one loop for every stage, plain PyTorch in one process or DeepSpeed in one or many.
 
-    from train import train
-    from train.stages import get_stage
+    from vqrae.train import train
+    from vqrae.train.stages import get_stage
     result = train(get_stage("tokenizer-stage1")(config))   # -> TrainResult(output_dir, final_dir, step, ...)
 
 Per optimizer step: `grad_accum` micro-batches (forward via `Stage.loss`, backward), the loss and metrics averaged

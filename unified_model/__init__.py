@@ -1,6 +1,6 @@
 """The unified multimodal model: an LLM that reads VQRAE features and writes VQRAE codes.
 
-    from unified_model import UnifiedModel
+    from vqrae.unified_model import UnifiedModel
     um = UnifiedModel.from_pretrained(dir)
     um.chat([{"role": "user", "content": "<image>\nWhat is this?"}], images=["cat.png"])
     out = um.generate_images(["a red circle"], num_images=4, cfg_scale=4.0, seed=0)   # out.images, out.codes

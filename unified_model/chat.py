@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data.images import load_image
+from vqrae.data.images import load_image
 
 from .generation import generate_images
 from .modeling import UnifiedModel

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data.images import tensor_to_pil
+from vqrae.data.images import tensor_to_pil
 
 if TYPE_CHECKING:
     from .modeling import UnifiedModel

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokenizer import VQRAE
+from vqrae.tokenizer import VQRAE
 
 from .configuration import UnifiedConfig
 from .generation import generate_images, stream_chat

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from data.images import image_to_tensor, load_image
+from vqrae.data.images import image_to_tensor, load_image
 
 from .configuration import UnifiedConfig
 from .templates import get_template

@@ -10,8 +10,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from tokenizer import VQRAE
-from tokenizer.testing import tiny_vqrae_config
+from vqrae.tokenizer import VQRAE
+from vqrae.tokenizer.testing import tiny_vqrae_config
 
 from .modeling import UnifiedModel
 

@@ -13,9 +13,9 @@ from ..stage import Stage
 
 # name -> module defining a Stage subclass with that `name` (imported on first use).
 STAGE_MODULES: dict[str, str] = {
-    "encoder-pretrain": "train.stages.encoder_pretrain",
-    "tokenizer-stage1": "train.stages.tokenizer",
-    "tokenizer-stage2": "train.stages.tokenizer",
+    "encoder-pretrain": "vqrae.train.stages.encoder_pretrain",
+    "tokenizer-stage1": "vqrae.train.stages.tokenizer",
+    "tokenizer-stage2": "vqrae.train.stages.tokenizer",
 }
 
 _registered: dict[str, type[Stage]] = {}

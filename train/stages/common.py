@@ -11,11 +11,11 @@ def image_text_dataset(data: str, num: int, size: int, split: str, seed: int, ki
     anything else: a path the data readers understand (an image folder, records, a `datasets` dataset, tar
     shards; for ShapesWorld written by `vqrae data shapes --out DIR`, DIR/train or DIR/val)."""
     if data == "shapes":
-        from data.readers import ShapesDataset
-        from data.shapes import ShapesConfig
+        from vqrae.data.readers import ShapesDataset
+        from vqrae.data.shapes import ShapesConfig
 
         return ShapesDataset(num, ShapesConfig(size=size), seed=seed, split=split, size=size)
-    from data import readers
+    from vqrae.data import readers
 
     make = {"image": readers.image_dataset, "caption": readers.caption_dataset}[kind]
     return make(data, size=size, crop=crop, flip=flip)

@@ -95,7 +95,7 @@ class EncoderPretrainStage(Stage):
     def _load_or_train_tokenizer(self):
         from transformers import AutoTokenizer
 
-        from data.text_tokenizer import train_text_tokenizer
+        from vqrae.data.text_tokenizer import train_text_tokenizer
 
         folder = Path(self.config.output_dir) / "text_tokenizer"
         if (folder / "tokenizer.json").is_file():  # a resumed run keeps the vocabulary its weights were trained on

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer import VQRAE
-from tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
+from vqrae.tokenizer import VQRAE
+from vqrae.tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_gan_weight, gan_losses
 
 from ..config import TrainConfig
 from ..stage import Stage, param_groups, sub_state_dict, unwrap
@@ -151,7 +151,7 @@ class TokenizerStage1(Stage):
     def _load_tokenizer(self) -> VQRAE:
         c = self.config
         if c.tokenizer:
-            from tokenizer import load_vqrae
+            from vqrae.tokenizer import load_vqrae
 
             return load_vqrae(c.tokenizer).train()
         return VQRAE.from_encoder(
@@ -181,7 +181,7 @@ class TokenizerStage1(Stage):
         return self._train
 
     def collate(self, samples: list[dict]) -> dict:
-        from data.readers import collate
+        from vqrae.data.readers import collate
 
         return collate(samples)  # stacked pixels, summed skip count
 
@@ -192,7 +192,7 @@ class TokenizerStage1(Stage):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        from eval.reconstruction import reconstruction_metrics
+        from vqrae.eval.reconstruction import reconstruction_metrics
 
         module = unwrap(model)
         metrics = reconstruction_metrics(module.vq, self._val, batch_size=self.config.batch_size,
