@@ -33,7 +33,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "load_image": ".images", "image_to_tensor": ".images", "tensor_to_pil": ".images",
+    "load_image": ".images", "image_to_tensor": ".images", "tensor_to_pil": ".images", "image_grid": ".images",
+    "UnreadableImage": ".images", "InvalidRecord": ".records", "IMAGE_TOKEN": ".records",
     "image_dataset": ".readers", "caption_dataset": ".readers", "conversation_dataset": ".readers",
     "ImageDataset": ".readers", "ShapesDataset": ".readers", "collate": ".readers",
     "ShapesConfig": ".shapes", "render_sample": ".shapes",

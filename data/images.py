@@ -5,18 +5,23 @@ Every reader in `data/` (folders, `datasets` on disk, webdataset shards), the to
 
 - `load_image(src)`: a path, raw bytes or a binary file object -> PIL RGB, EXIF orientation applied, alpha composited
   on white. Missing path -> FileNotFoundError; anything that is not a complete decodable image (zero bytes,
-  truncated, corrupt, not an image) -> ValueError with a one-line message naming the file. It never returns a
-  partially decoded image (we rely on PIL's default `ImageFile.LOAD_TRUNCATED_IMAGES = False`).
+  truncated, corrupt, not an image) -> `UnreadableImage` (a ValueError) with a one-line message naming the file. It
+  never returns a partially decoded image (we rely on PIL's default `ImageFile.LOAD_TRUNCATED_IMAGES = False`).
+  Readers skip exactly these two (bad input); anything else is a bug and propagates.
 - `image_to_tensor(img, size, crop, flip, generator)`: resize the short side (bicubic, antialiased), crop, flip,
   -> (3, H, W) float32 in [0, 1].
 - `tensor_to_pil(t)`: (3, H, W) or (1, 3, H, W) in [0, 1] -> PIL RGB.
+- `image_grid(images, columns)`: PIL images or (3, H, W) tensors -> one PIL image, row-major (the one grid builder:
+  generation grids, reconstruction grids, original | reconstruction pairs).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +35,10 @@ CROPS = ("center", "random", "none")
 
 # Modes PIL can convert to RGB directly without losing meaning (no alpha, 8 bits per channel or a colour model).
 _DIRECT_MODES = {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
+
+
+class UnreadableImage(ValueError):
+    """An image that cannot be decoded completely (empty, truncated, corrupt, not an image): bad input."""
 
 
 def _describe(src: ImageSource, name: str | None) -> str:
@@ -71,7 +80,8 @@ def load_image(src: ImageSource, *, name: str | None = None) -> Image.Image:
     """Decode an image completely and return it as RGB with its EXIF orientation applied.
 
     `src` is a path, the encoded bytes, or a binary file object; `name` is what error messages call it (defaults
-    to the path). Raises FileNotFoundError for a missing path and ValueError for anything undecodable.
+    to the path). Raises FileNotFoundError for a missing path and UnreadableImage (a ValueError) for anything
+    undecodable.
     """
     label = _describe(src, name)
     if isinstance(src, (str, os.PathLike)):
@@ -79,13 +89,13 @@ def load_image(src: ImageSource, *, name: str | None = None) -> Image.Image:
         if not path.exists():
             raise FileNotFoundError(f"image not found: {label}")
         if path.is_dir():
-            raise ValueError(f"not an image file (a directory): {label}")
+            raise UnreadableImage(f"not an image file (a directory): {label}")
         if path.stat().st_size == 0:
-            raise ValueError(f"empty image file (0 bytes): {label}")
+            raise UnreadableImage(f"empty image file (0 bytes): {label}")
         fp: Path | BinaryIO = path  # PIL opens and closes it
     elif isinstance(src, (bytes, bytearray)):
         if len(src) == 0:
-            raise ValueError(f"empty image (0 bytes): {label}")
+            raise UnreadableImage(f"empty image (0 bytes): {label}")
         fp = io.BytesIO(src)
     else:
         fp = src
@@ -98,11 +108,11 @@ def load_image(src: ImageSource, *, name: str | None = None) -> Image.Image:
                 im = ImageOps.exif_transpose(im)
                 return to_rgb(im)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"not a readable image: {label} ({type(exc).__name__})") from exc
+        raise UnreadableImage(f"not a readable image: {label} ({type(exc).__name__})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
         # PIL reports truncation as OSError and corrupt headers/chunks with a zoo of exception types.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"corrupt or truncated image: {label} ({reason})") from exc
+        raise UnreadableImage(f"corrupt or truncated image: {label} ({reason})") from exc
 
 
 def image_to_tensor(
@@ -156,5 +166,43 @@ def tensor_to_pil(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
-__all__ = ["CROPS", "ImageSource", "image_to_tensor", "load_image", "tensor_to_pil", "to_rgb"]
+def image_grid(images: Sequence[Image.Image | torch.Tensor | None] | torch.Tensor, columns: int | None = None,
+               padding: int = 0, background: float = 1.0) -> Image.Image:
+    """Lay images out row-major in a grid of `columns` (default ceil(sqrt(n))) -> one PIL RGB image.
+
+    `images`: PIL images and/or (3, H, W) tensors in [0, 1] (or one (N, 3, H, W) tensor), all the same size; a
+    `None` is an empty cell. `padding` pixels of `background` (0 black .. 1 white) separate the cells and frame the
+    grid; cells after the last image are background too. The grid is min(columns, n) cells wide.
+    Built on `torchvision.utils.make_grid`.
+    """
+    from torchvision.utils import make_grid
+
+    cells = list(images)
+    if not cells or all(c is None for c in cells):
+        raise ValueError("image_grid needs at least one image")
+    if columns is None:
+        columns = math.ceil(math.sqrt(len(cells)))
+    if int(columns) < 1 or padding < 0:
+        raise ValueError(f"image_grid: columns must be >= 1 and padding >= 0, got {columns} and {padding}")
+    tensors: list[torch.Tensor | None] = []
+    for k, c in enumerate(cells):
+        if c is None:
+            tensors.append(None)
+            continue
+        t = image_to_tensor(c, None) if isinstance(c, Image.Image) else c
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[0] != 3:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"image_grid: image {k} must be a PIL image or a (3, H, W) tensor, got {got}")
+        tensors.append(t.detach().float().cpu().clamp(0.0, 1.0))
+    shapes = {tuple(t.shape) for t in tensors if t is not None}
+    if len(shapes) != 1:
+        raise ValueError(f"image_grid: the images differ in size: {sorted(shapes)}")
+    blank = torch.full(shapes.pop(), float(background))
+    batch = torch.stack([blank if t is None else t for t in tensors])
+    grid = make_grid(batch, nrow=int(columns), padding=padding, pad_value=float(background))
+    return tensor_to_pil(grid)
+
+
+__all__ = ["CROPS", "ImageSource", "UnreadableImage", "image_grid", "image_to_tensor", "load_image", "tensor_to_pil",
+           "to_rgb"]
 

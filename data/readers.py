@@ -9,7 +9,9 @@ Every item is a dict: "pixels" (3, H, W) float in [0, 1] (None for a text-only c
 record that the pixels came from), "skipped" (1 if the image at this index was unreadable and a neighbour was
 returned instead, else 0), plus the record fields of the dataset kind. Summing "skipped" over a run (`collate` does
 it per batch) counts every unreadable image once per epoch, however many DataLoader workers there are. Each
-unreadable image is logged once per process; a data set in which nothing is readable is a ValueError.
+unreadable image is logged once per process; a data set in which nothing is readable is a ValueError. "Unreadable"
+means missing or undecodable (FileNotFoundError / OSError, `UnreadableImage`); any other exception is a bug and
+propagates. A malformed record is an `InvalidRecord` (a ValueError), raised when the data set is opened.
 
 Sources, picked from the path by `open_source`:
 - a folder tree of images (no records);
@@ -35,8 +37,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vqrae.data.images import CROPS, ImageSource, image_to_tensor, load_image
-from vqrae.data.records import parse_records, read_records
+from vqrae.data.images import CROPS, ImageSource, UnreadableImage, image_to_tensor, load_image
+from vqrae.data.records import InvalidRecord, parse_records, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -184,9 +186,13 @@ class TarSource:
                 meta: dict[str, Any] = {"image": name}
                 if "json" in g:
                     try:
-                        meta.update(json.loads(g["json"]))
+                        fields = json.loads(g["json"])
                     except json.JSONDecodeError as exc:
-                        raise ValueError(f"{shard}: {key}.json is not valid JSON ({exc.msg})") from exc
+                        raise InvalidRecord(f"{shard}: {key}.json is not valid JSON ({exc.msg})") from exc
+                    if not isinstance(fields, dict):
+                        raise InvalidRecord(f"{shard}: {key}.json must hold a JSON object, got "
+                                            f"{type(fields).__name__}")
+                    meta.update(fields)
                     meta["image"] = name
                 text = g.get("txt", g.get("caption"))
                 if text is not None and caption_key not in meta:
@@ -282,12 +288,13 @@ class ImageDataset(Dataset):
             if src is None:  # a text-only conversation
                 return {"pixels": None, "name": name, "skipped": 0, **self._extras(j)}
             try:
-                pixels = image_to_tensor(load_image(src, name=name), self.size, self.crop, self.flip)
-            except (ValueError, OSError) as exc:
+                img = load_image(src, name=name)
+            except (UnreadableImage, OSError) as exc:  # bad input; anything else is a bug and propagates
                 if name not in self.skipped:
                     self.skipped[name] = str(exc)
                     logger.warning("skipping unreadable image: %s", exc)
                 continue
+            pixels = image_to_tensor(img, self.size, self.crop, self.flip)
             # Count only the image at index i itself: each unreadable image is counted once per epoch.
             return {"pixels": pixels, "name": name, "skipped": int(k > 0), **self._extras(j)}
         raise ValueError(f"no readable image in {self.source.describe()}: all {n} failed to load")
@@ -303,7 +310,7 @@ class ImageDataset(Dataset):
                 continue
             try:
                 load_image(src, name=name)
-            except (ValueError, OSError) as exc:
+            except (UnreadableImage, OSError) as exc:
                 bad[name] = str(exc)
         return {"total": len(self.source), "readable": len(self.source) - len(bad), "skipped": bad}
 

@@ -6,8 +6,9 @@ Conversation record (LLaVA):      {"id": ..., "image": "relative/path.png",
                                                      {"from": "gpt", "value": "A red circle."}, ...]}
 `file_name` (the Hugging Face imagefolder key) is accepted in place of `image`. A conversation without `image` is
 text-only. Turns alternate human/gpt starting with human and ending with gpt (`user`/`assistant` are accepted as
-aliases); with an image, exactly one human turn holds the `<image>` placeholder. A malformed record is a ValueError
-naming the file and the record index, raised when the file is opened, never halfway through a run.
+aliases); with an image, exactly one human turn holds the `<image>` placeholder. A malformed record is an
+`InvalidRecord` (a ValueError) naming the file and the record index, raised when the file is opened, never halfway
+through a run. A file that cannot be read as records at all (not JSON, empty) is a plain ValueError.
 """
 
 from __future__ import annotations
@@ -15,8 +16,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The placeholder for an image in a conversation; the unified model's vocabulary uses this very string.
 IMAGE_TOKEN = "<image>"
-ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+# Speaker names (LLaVA's and chat messages') -> chat roles: the one table for the readers and the collator.
+ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# Chat role -> the LLaVA speaker name that conversation records carry once validated.
+LLAVA_SPEAKERS = {"user": "human", "assistant": "gpt"}
+
+
+class InvalidRecord(ValueError):
+    """A record that fails validation (missing or malformed fields, an unreadable image): bad input, never a bug.
+
+    Readers raise it when a record file is opened; the unified collator skips a record that raises it, and lets
+    every other exception (a programming error) through.
+    """
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -51,28 +64,28 @@ def _image_field(rec: dict, where: str, required: bool) -> str | None:
     if image is None and not required:
         return None
     if not isinstance(image, str) or not image:
-        raise ValueError(f"{where}: 'image' must be a non-empty path string, got {image!r}")
+        raise InvalidRecord(f"{where}: 'image' must be a non-empty path string, got {image!r}")
     return image
 
 
 def _check_dict(rec: object, where: str) -> dict:
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")  # noqa: TRY004
+        raise InvalidRecord(f"{where}: expected a JSON object, got {type(rec).__name__}")
     return rec
 
 
 def parse_caption_record(rec: object, where: str, caption_key: str = "caption") -> dict:
     """-> {"image": str, "caption": str} (+ "captions", the alternative captions, when the record lists them, as
-    ShapesWorld's do); ValueError naming `where` if the record is malformed."""
+    ShapesWorld's do); InvalidRecord naming `where` if the record is malformed."""
     rec = _check_dict(rec, where)
     caption = rec.get(caption_key)
     if not isinstance(caption, str) or not caption.strip():
-        raise ValueError(f"{where}: '{caption_key}' must be a non-empty string, got {caption!r}")
+        raise InvalidRecord(f"{where}: '{caption_key}' must be a non-empty string, got {caption!r}")
     out = {"image": _image_field(rec, where, required=True), "caption": caption}
     captions = rec.get("captions")
     if captions is not None:
         if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
-            raise ValueError(f"{where}: 'captions' must be a list of non-empty strings")
+            raise InvalidRecord(f"{where}: 'captions' must be a list of non-empty strings")
         out["captions"] = captions
     return out
 
@@ -83,27 +96,29 @@ def parse_conversation_record(rec: object, where: str) -> dict:
     image = _image_field(rec, where, required=False)
     conv = rec.get("conversations")
     if not isinstance(conv, list) or not conv:
-        raise ValueError(f"{where}: 'conversations' must be a non-empty list of turns")
+        raise InvalidRecord(f"{where}: 'conversations' must be a non-empty list of turns")
     turns = []
     for k, turn in enumerate(conv):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or "from" not in turn:
-            raise ValueError(f"{where}: turn {k} must be {{'from': ..., 'value': str}}, got {turn!r}")
-        role = ROLE_ALIASES.get(turn["from"])
+            raise InvalidRecord(f"{where}: turn {k} must be {{'from': ..., 'value': str}}, got {turn!r}")
+        speaker = turn["from"]
+        role = LLAVA_SPEAKERS.get(ROLE_ALIASES.get(speaker, "")) if isinstance(speaker, str) else None
         if role is None:
-            raise ValueError(f"{where}: turn {k} has unknown role {turn['from']!r} (expected human or gpt)")
+            raise InvalidRecord(f"{where}: turn {k} has unknown role {turn['from']!r} (expected human or gpt)")
         expected = "human" if k % 2 == 0 else "gpt"
         if role != expected:
-            raise ValueError(f"{where}: turn {k} is from {role} but turns must alternate human, gpt, ...")
+            raise InvalidRecord(f"{where}: turn {k} is from {role} but turns must alternate human, gpt, ...")
         turns.append({"from": role, "value": turn["value"]})
     if turns[-1]["from"] != "gpt":
-        raise ValueError(f"{where}: the last turn must be a gpt answer")
+        raise InvalidRecord(f"{where}: the last turn must be a gpt answer")
     n_tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
     if sum(t["value"].count(IMAGE_TOKEN) for t in turns if t["from"] == "gpt"):
-        raise ValueError(f"{where}: {IMAGE_TOKEN} appears in a gpt turn")
+        raise InvalidRecord(f"{where}: {IMAGE_TOKEN} appears in a gpt turn")
     if image is not None and n_tokens != 1:
-        raise ValueError(f"{where}: a record with an image needs exactly one {IMAGE_TOKEN} placeholder, found {n_tokens}")
+        raise InvalidRecord(f"{where}: a record with an image needs exactly one {IMAGE_TOKEN} placeholder, "
+                            f"found {n_tokens}")
     if image is None and n_tokens:
-        raise ValueError(f"{where}: {IMAGE_TOKEN} placeholder but no 'image' field")
+        raise InvalidRecord(f"{where}: {IMAGE_TOKEN} placeholder but no 'image' field")
     rid = rec.get("id")
     return {"id": None if rid is None else str(rid), "image": image, "conversations": turns}
 

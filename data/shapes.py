@@ -382,7 +382,11 @@ def sample_rng(seed: int, split: str = "train", index: int = 0) -> np.random.Gen
 def render_sample(cfg: ShapesConfig, seed: int, split: str = "train", index: int = 0,
                   record: dict | None = None) -> Sample:
     """One ShapesWorld sample with its full record (captions, VQA, conversations, GenEval metadata)."""
-    from vqrae.data.shapes_text import captions_for, vqa_for, vqa_to_conversation  # text is a layer above pixels
+    from vqrae.data.shapes_text import (  # text is a layer above pixels
+        captions_for,
+        vqa_for,
+        vqa_to_conversation,
+    )
 
     rng = sample_rng(seed, split, index)
     tag, rec, background, image, labels, gt = sample_scene(rng, cfg, record=record)

@@ -66,21 +66,20 @@ class FIDFeatures:
 
 
 def save_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: str | Path, columns: int = 8) -> None:
-    """A PNG with pairs of rows: originals above their reconstructions."""
-    from PIL import Image
-
-    from vqrae.data.images import tensor_to_pil
+    """A PNG with pairs of rows: up to 4 rows of `columns` originals, each above the row of their reconstructions."""
+    from vqrae.data.images import image_grid
 
     n = min(len(originals), 4 * columns)
-    size = originals.shape[-1]
-    rows = (n + columns - 1) // columns
-    grid = Image.new("RGB", (columns * size, 2 * rows * size), "white")
-    for i in range(n):
-        r, c = divmod(i, columns)
-        grid.paste(tensor_to_pil(originals[i].cpu()), (c * size, 2 * r * size))
-        grid.paste(tensor_to_pil(reconstructions[i].cpu()), (c * size, (2 * r + 1) * size))
+    if n == 0:
+        raise ValueError("save_grid: no images")
+    columns = min(columns, n)
+    cells: list[torch.Tensor | None] = []
+    for start in range(0, n, columns):
+        idx = range(start, min(start + columns, n))
+        blanks = [None] * (columns - len(idx))  # a short last row: its reconstructions still start a new row
+        cells += [originals[i] for i in idx] + blanks + [reconstructions[i] for i in idx] + blanks
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    image_grid(cells, columns).save(path)
 
 
 @torch.no_grad()

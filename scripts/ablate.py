@@ -6,6 +6,9 @@ codebook-dim: the VQRAE paper (its codebook ablation) finds that a codebook dim 
 quantizer: the same stage 1 with codes and without (the continuous RAE baseline: the decoder reads the encoder's
   features directly). The PSNR gap is what quantization costs; the continuous PSNR is the ceiling of this encoder,
   decoder and training budget.
+
+Every arm is a fresh run of the training engine in this process, seeded before its model is built: arms whose
+settings agree start from the same weights (codebook included), so the differences are the ablation's.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def run_codebook_dim(args: argparse.Namespace) -> int:
         raise CLIError(f"--dims needs at least two positive dims, got {args.dims!r}")
     rows = []
     for dim in dims:
-        m = _stage1_eval(args.config, [*args.overrides, f"codebook_dim={dim}"], Path(args.out) / f"dim-{dim}")
+        m = _stage1_eval(args.config, [*args.overrides, f"model.codebook_dim={dim}"], Path(args.out) / f"dim-{dim}")
         rows.append({"codebook_dim": dim, "utilization": m["utilization"], "perplexity": m["perplexity"],
                      "psnr": m["psnr"]})
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=2))

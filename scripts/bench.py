@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "quantizer": ("vqrae.eval.bench_quantizer", "our SimVQ vs vector-quantize-pytorch's SimVQ, and vs the bare matmul"),
     "generate": ("vqrae.eval.bench_generate", "our image sampler vs Hugging Face generate() with guidance_scale"),
+    "zero3-load": ("vqrae.eval.bench_zero3", "per-process peak memory loading a unified model: ZeRO-3 vs ZeRO-0"),
 }
 
 

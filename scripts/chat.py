@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(p)
     p.add_argument("--image", action="append", default=[], help="attach an image to the first message (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="answer length limit (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="answer temperature (default 0 = greedy)")
-    p.add_argument("--top-k", type=int, default=0, help="answer top-k (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="answer top-p in (0, 1]")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's, 256)")
+    p.add_argument("--temperature", type=float, default=None, help="answer temperature (default: the model's, 0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="answer top-k (0 = off; default: the model's)")
+    p.add_argument("--top-p", type=float, default=None, help="answer top-p in (0, 1] (default: the model's)")
     add_draw_arguments(p, prefix="draw-")
     p.add_argument("--seed", type=int, default=0, help="seed of the first /draw (then +1 per drawing)")
     p.add_argument("--out-dir", default="runs/chat", help="where /draw saves images (default runs/chat)")
@@ -49,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from vqrae.unified_model import validate_sampling
     from vqrae.unified_model.chat import ChatSession
 
-    validate_sampling(args.temperature, args.top_k, args.top_p)
-    if args.max_new_tokens < 1:
+    validate_sampling(**{k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
+                                          ("top_p", args.top_p)) if v is not None})
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     draw = draw_settings(args, prefix="draw_")
+    # None: the model's default (sampling_config.json)
     answer = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
-                  "top_p": args.top_p, "seed": args.seed}
+              "top_p": args.top_p, "seed": args.seed}
     model = load_model(args)
     session = ChatSession(model, out_dir=args.out_dir, answer=answer, draw=draw, seed=args.seed)
     for path in args.image:

@@ -1,8 +1,13 @@
 """`vqrae` entry point: a dispatcher over one module per subcommand.
 
 Each module in COMMANDS exposes `register(subparsers)`, which adds its parser and sets `func` (args -> exit code).
-Bad input anywhere in the library surfaces as ValueError or OSError (FileNotFoundError, PIL's
-UnidentifiedImageError, ...): we print it as one line on stderr and exit 2. `VQRAE_DEBUG=1` re-raises instead.
+
+Errors, by what they mean:
+- bad input: the library reports it as ValueError (a bad value, `InvalidRecord`, `UnreadableImage`, a subcommand's
+  `CLIError`) or OSError (a missing or unreadable file). One line on stderr, exit 2.
+- anything else (KeyError, TypeError, AttributeError, RuntimeError from torch, ...) is a bug, not the user's input:
+  the full traceback on stderr, exit 1.
+`VQRAE_DEBUG=1` re-raises every error instead (a traceback for bad input too).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 
 from vqrae.cli import CLIError
 
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, OSError) as exc:
+    except (CLIError, ValueError, OSError) as exc:  # bad input (see the module docstring)
         if os.environ.get("VQRAE_DEBUG"):
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -72,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vqrae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: never shortened to one line
+        if os.environ.get("VQRAE_DEBUG"):
+            raise
+        traceback.print_exc()
+        print(f"vqrae {args.command}: internal error (a bug, not your input; the traceback is above)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_reconstruction(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
-    from vqrae.eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
     from vqrae.cli import CLIError
+    from vqrae.eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
     from vqrae.tokenizer import load_vqrae
     from vqrae.train.stages.common import image_text_dataset
 

@@ -4,39 +4,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from vqrae.cli import CLIError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a unified model folder written by UnifiedModel.save_pretrained")
+    p.add_argument("--model", required=True,
+                   help="a unified model: a folder written by UnifiedModel.save_pretrained, or a hub id")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--device-map", default=None,
                    help="spread/offload a large LLM with accelerate, e.g. 'auto' (overrides --device for the LLM)")
 
 
 def add_draw_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """Image sampling options (`prefix` namespaces them, e.g. 'draw-' in `vqrae chat`)."""
-    p.add_argument(f"--{prefix}cfg-scale", type=float, default=4.0,
-                   help="classifier-free guidance scale (default 4.0; 1 = conditional logits)")
+    """Image sampling options (`prefix` namespaces them, e.g. 'draw-' in `vqrae chat`). Every default is the
+    model's own (its sampling_config.json), so they are None here."""
+    p.add_argument(f"--{prefix}cfg-scale", type=float, default=None,
+                   help="classifier-free guidance scale (default: the model's, 4.0 unless it says otherwise; "
+                   "1 = conditional logits)")
     p.add_argument(f"--{prefix}no-cfg", action="store_true", help="no guidance: skip the unconditional rows")
-    p.add_argument(f"--{prefix}cfg-schedule", default="constant", choices=["constant", "linear"],
-                   help="constant scale, or a linear ramp from 1 to the scale over the image")
-    p.add_argument(f"--{prefix}temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument(f"--{prefix}top-k", type=int, default=0, help="keep the k most likely codes (0 = off)")
-    p.add_argument(f"--{prefix}top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1]")
+    p.add_argument(f"--{prefix}cfg-schedule", default=None, choices=["constant", "linear"],
+                   help="constant scale, or a linear ramp from 1 to the scale over the image (default: the model's)")
+    p.add_argument(f"--{prefix}temperature", type=float, default=None, help="0 = greedy (default: the model's)")
+    p.add_argument(f"--{prefix}top-k", type=int, default=None, help="keep the k most likely codes (0 = off)")
+    p.add_argument(f"--{prefix}top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
 
 
 def draw_settings(args: argparse.Namespace, prefix: str = "") -> dict:
-    """The keyword arguments of `generate_images` chosen by `add_draw_arguments`, validated."""
+    """The keyword arguments of `generate_images` chosen by `add_draw_arguments` (None: the model's default),
+    the given ones validated."""
     from vqrae.unified_model import validate_sampling
 
     get = lambda name: getattr(args, prefix + name)
-    s = {"cfg_scale": None if get("no_cfg") else get("cfg_scale"), "cfg_schedule": get("cfg_schedule"),
-             "temperature": get("temperature"), "top_k": get("top_k"), "top_p": get("top_p")}
-    validate_sampling(**s)
+    s = {"cfg_scale": get("cfg_scale"), "cfg_schedule": get("cfg_schedule"), "temperature": get("temperature"),
+         "top_k": get("top_k"), "top_p": get("top_p"), "guidance": False if get("no_cfg") else None}
+    validate_sampling(**{k: v for k, v in s.items() if v is not None and k != "guidance"})
     return s
 
 
@@ -75,18 +78,6 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def make_grid(images: list, cols: int | None = None):
-    from PIL import Image
-
-    cols = cols or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
-    for i, im in enumerate(images):
-        grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    return grid
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
@@ -99,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a file of prompts (.txt: one per line; .jsonl: 'prompt' field)")
-    p.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--num-images", type=int, default=None, help="images per prompt (default: the model's, 4)")
     add_draw_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward batch (default 8)")
@@ -108,8 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqrae.data.images import image_grid
+
     settings = draw_settings(args)
-    if args.num_images < 1:
+    if args.num_images is not None and args.num_images < 1:
         raise CLIError(f"--num-images must be >= 1, got {args.num_images}")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -119,17 +112,18 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     out = model.generate_images(prompts, num_images=args.num_images, seed=args.seed, batch_size=args.batch_size,
                                 progress=True, **settings)
+    num_images = out.settings["num_images"]
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "generations.jsonl", "w", encoding="utf-8") as log:
         for p, (prompt, images) in enumerate(zip(prompts, out.images)):
             grid = root / f"p{p:04d}_grid.png"
-            make_grid(images).save(grid)
+            image_grid(images).save(grid)
             for i, im in enumerate(images):
                 path = root / f"p{p:04d}_i{i:02d}.png"
                 im.save(path)
                 rec = {"prompt": prompt, "prompt_index": p, "image_index": i, "file": path.name, "grid": grid.name,
                        "model": str(args.model), **out.settings, "base_seed": args.seed, "seed": out.seeds[p][i]}
                 log.write(json.dumps(rec) + "\n")
-    print(f"wrote {len(prompts) * args.num_images} image(s) and {len(prompts)} grid(s) to {root}")
+    print(f"wrote {len(prompts) * num_images} image(s) and {len(prompts)} grid(s) to {root}")
     return 0

@@ -26,9 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image
 
-    from vqrae.data.images import image_to_tensor, load_image, tensor_to_pil
+    from vqrae.data.images import image_grid, image_to_tensor, load_image
     from vqrae.eval.metrics import psnr
     from vqrae.tokenizer import load_vqrae
 
@@ -46,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
         codes = vq.tokenize(pixels)
         recon = vq.decode(codes)
     score = float(psnr(pixels, recon)[0])
-    pair = Image.new("RGB", (2 * size, size))
-    pair.paste(tensor_to_pil(pixels[0].cpu()), (0, 0))
-    pair.paste(tensor_to_pil(recon[0].cpu()), (size, 0))
+    pair = image_grid([pixels[0], recon[0]], columns=2)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     pair.save(args.out)
     h, w = codes.shape[1:]

@@ -50,19 +50,22 @@ def run(args: argparse.Namespace) -> int:
     from vqrae.train import TrainingDiverged, distributed, load_config, train
     from vqrae.train.stages import get_stage
 
-    if int(os.environ.get("RANK", "0") or 0) != 0:
-        logging.getLogger().setLevel(logging.WARNING)  # one process reports progress
     stage_cls = get_stage(args.stage)
     overrides = [*args.overrides, *args.config[1:]]
     if args.resume is not None:
         overrides.append(f"resume={args.resume}")
     cfg = load_config(stage_cls.config_class, args.config[0], overrides)
+    root = logging.getLogger()
+    level = root.level
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        root.setLevel(logging.WARNING)  # one process reports progress (restored below: main() may be called again)
     try:
         result = train(stage_cls(cfg))
     except TrainingDiverged as exc:
         print(f"vqrae train: {exc}", file=sys.stderr)
         return 1
     finally:
+        root.setLevel(level)
         distributed.destroy()
     if result.final_dir is not None:
         print(f"trained {args.stage} to step {result.step}; final weights: {result.final_dir}")

@@ -256,8 +256,8 @@ def test_geneval_rules():
 
 
 def test_writers_and_cli(tmp_path, capsys):
-    from vqrae.data.readers import caption_dataset, conversation_dataset, image_dataset
     from vqrae.cli.cli import main
+    from vqrae.data.readers import caption_dataset, conversation_dataset, image_dataset
 
     out = tmp_path / "sw"
     assert main(["data", "shapes", "--out", str(out), "--num", "20", "--size", "32", "--workers", "1",

@@ -180,6 +180,14 @@ def test_mapped_codebook_cache_follows_weight_updates():
         assert torch.allclose(q.mapped_codebook(), 2 * before)
 
 
+def test_mapped_codebook_is_not_cached_for_a_zero3_partitioned_map():
+    q = SimVQ(dim=8, codebook_size=16, codebook_dim=8).eval()
+    q.codebook_map.weight.ds_id = 0  # what deepspeed.zero marks its partitioned parameters with
+    with torch.no_grad():
+        q.mapped_codebook()
+        assert q._cache is None
+
+
 def test_usage_on_hand_made_streams():
     usage = CodebookUsage(8)
     assert usage.perplexity == 0.0 and usage.utilization == 0.0

@@ -1,6 +1,8 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 with 2 processes on the CPU (gloo), each in one torchrun launch that checks
-(tests/train_ds_worker.py): the exported weights equal the parameters gathered from the shards, and a run that
-crashes after a checkpoint and is resumed logs exactly the losses of an uninterrupted run."""
+(tests/train_ds_worker.py): the exported weights equal the parameters gathered from the shards, a run that
+crashes after a checkpoint and is resumed logs exactly the losses of an uninterrupted run, and every parameter and
+buffer (a tokenizer's frozen random codebook included) is the same in both processes at the start and at the end.
+Plus, in-process: the guard around DeepSpeed's op table."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from vqrae.tokenizer.testing import save_tiny_siglip
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -22,8 +26,19 @@ def test_zero_two_processes_export_and_exact_resume(tmp_path, ds_config, zero_st
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "train_ds_worker.py"), ds_config, str(tmp_path)]
+    save_tiny_siglip(tmp_path / "encoder")  # the worker also trains a tokenizer stage on it
     proc = subprocess.run(cmd, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    # The same weights in both processes: right after deepspeed.initialize, and after training. The tokenizer's
+    # codebook is a buffer, which DeepSpeed does not broadcast: the stage must build it the same everywhere.
+    ranks = [json.loads((tmp_path / f"checksums-rank{r}.json").read_text()) for r in (0, 1)]
+    assert set(ranks[0]) == {"toy", "toy-resumed", "tokenizer"}
+    assert set(ranks[0]["tokenizer"]) == {"start", "end"} and "vq.quantizer.codebook" in ranks[0]["tokenizer"]["start"]
+    for run, phases in ranks[0].items():
+        for phase, digests in phases.items():
+            differ = sorted(k for k in digests if digests[k] != ranks[1][run][phase].get(k))
+            assert not differ, f"{run}/{phase}: {len(differ)} weights differ between the processes, e.g. {differ[:3]}"
 
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["zero_stage"] == zero_stage and result["world_size"] == 2
@@ -37,3 +52,29 @@ def test_zero_two_processes_export_and_exact_resume(tmp_path, ds_config, zero_st
     ckpts = tmp_path / "resumed" / "checkpoints"
     assert (ckpts / "latest").read_text() == "step-00000004"
     assert (ckpts / "step-00000004" / "deepspeed").is_dir() and (tmp_path / "full" / "final" / "model.safetensors").is_file()
+
+
+def test_shm_op_workaround_is_scoped_and_guarded(monkeypatch, caplog):
+    """The DeepSpeed op-table change lasts only while the process group starts, and a DeepSpeed whose internals
+    moved gets a warning instead of a crash."""
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    from vqrae.train.distributed import _skip_cpu_shm_allreduce_build
+
+    monkeypatch.delenv("VQRAE_DS_SHM_OP", raising=False)
+    name = ShareMemCommBuilder.NAME
+    table = {name: True, "cpu_adam": True}
+    monkeypatch.setattr(deepspeed.ops, "__compatible_ops__", table, raising=False)  # no compiler probing
+    with _skip_cpu_shm_allreduce_build():
+        assert table == {name: False, "cpu_adam": True}
+    assert table == {name: True, "cpu_adam": True}
+    with pytest.raises(KeyError), _skip_cpu_shm_allreduce_build():
+        raise KeyError("restored on errors too")
+    assert table[name] is True
+
+    monkeypatch.delattr(ShareMemCommBuilder, "NAME")  # a DeepSpeed that renamed things
+    with caplog.at_level("WARNING", logger="vqrae.train.distributed"), _skip_cpu_shm_allreduce_build():
+        pass
+    assert table == {name: True, "cpu_adam": True}
+    assert "op table is not what vqrae expects" in caplog.text

@@ -191,3 +191,62 @@ def test_cli_trains_resumes_and_reports_errors_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "Resuming is automatic" in capsys.readouterr().out
+
+
+def test_cudnn_attention_switch_is_restored_after_the_run(tmp_path, monkeypatch):
+    """cudnn_attention=false turns torch's (process-wide) cuDNN attention off for the run only: the previous
+    setting is back when training ends, also when it ends with an error."""
+    seen = []
+    loss = ToyStage.loss
+
+    def spying_loss(self, model, batch, step):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return loss(self, model, batch, step)
+
+    monkeypatch.setattr(ToyStage, "loss", spying_loss)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        for previous in (True, False):
+            torch.backends.cuda.enable_cudnn_sdp(previous)
+            seen.clear()
+            run(tmp_path / f"ok-{previous}", "max_steps=2")
+            assert seen == [False, False] and torch.backends.cuda.cudnn_sdp_enabled() is previous
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        with pytest.raises(SimulatedCrash):
+            run(tmp_path / "crash", "max_steps=3", "crash_at=2")
+        assert torch.backends.cuda.cudnn_sdp_enabled() is True
+        seen.clear()
+        run(tmp_path / "on", "max_steps=1", "cudnn_attention=true")
+        assert seen == [True]
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_plotting_and_the_train_command_leave_process_state_alone(tmp_path, monkeypatch):
+    """The loss plot does not switch matplotlib's backend; `vqrae train` in a non-main process quiets the root
+    logger for the run only."""
+    import logging
+
+    import matplotlib
+
+    from vqrae.cli.cli import main
+    from vqrae.train.metrics import plot_loss_curve
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        (tmp_path / "m.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
+        assert plot_loss_curve(tmp_path / "m.jsonl", tmp_path / "loss.png") is not None
+        assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
+
+    register_stage(ToyStage)
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'run'}\nmax_steps: 1\n")
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", logging.INFO)
+    monkeypatch.setenv("RANK", "1")  # a non-main process of a launch (plain mode runs it as a group of one)
+    assert main(["train", "toy", "--config", str(cfg)]) == 0
+    assert root.level == logging.INFO

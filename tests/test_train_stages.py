@@ -185,9 +185,27 @@ def test_continuous_baseline_trains_without_the_quantizer(encoder_dir, tmp_path)
     assert m["psnr"] > 0 and "utilization" not in m  # no codes, no codebook usage
 
 
-def test_quantizer_ablation_command(encoder_dir, tmp_path, capsys):
+def test_quantizer_ablation_command(encoder_dir, tmp_path, capsys, monkeypatch):
+    import vqrae.train
+    import vqrae.train.engine as engine_module
     from vqrae.cli.cli import main
 
+    initial = []  # each arm's weights as training starts
+
+    class RecordingBackend(engine_module.PlainBackend):
+        def __init__(self, module, *args, **kwargs):
+            initial.append({k: v.clone() for k, v in module.state_dict().items()})
+            super().__init__(module, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "PlainBackend", RecordingBackend)
+    train = vqrae.train.train
+
+    def train_then_draw(stage):  # a run leaves the global RNG anywhere (dropout, augmentation, ...)
+        result = train(stage)
+        torch.rand(11)
+        return result
+
+    monkeypatch.setattr(vqrae.train, "train", train_then_draw)
     cfg = Path(__file__).parents[1] / "configs" / "shapes-tiny" / "tokenizer-stage1.yaml"
     rc = main(["ablate", "quantizer", "--config", str(cfg), "--out", str(tmp_path), f"encoder={encoder_dir}",
                *TINY_DATA, "codebook_size=64", "codebook_dim=32", "batch_size=8", "max_steps=3", "eval_every=0",
@@ -198,3 +216,8 @@ def test_quantizer_ablation_command(encoder_dir, tmp_path, capsys):
     assert 0 < rows[0]["utilization"] <= 1 and rows[1]["utilization"] is None
     assert all(r["psnr"] > 0 for r in rows)
     assert "quantization costs" in capsys.readouterr().out
+    # The arms differ only in quantize=: they start from the same weights (codebook included), so the PSNR gap is
+    # the quantizer's, not the luck of two initialisations.
+    codes, continuous = initial
+    assert codes.keys() == continuous.keys() and "vq.quantizer.codebook" in codes
+    assert all(torch.equal(codes[k], continuous[k]) for k in codes)

@@ -138,6 +138,7 @@ def test_generate_missing_model_file(model_dir, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
-    (broken / "vqrae" / "config.json").unlink()
+    (broken / "model.safetensors").unlink()
     code = main(["generate", "--model", str(broken), "--prompt", "x", "--out", str(tmp_path / "o")])
-    assert code == 2 and "vqrae/config.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "no model.safetensors" in err and len(err.strip().splitlines()) == 1

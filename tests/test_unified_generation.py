@@ -5,49 +5,154 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqrae.unified_model import generate_text, sample_image_codes, validate_sampling
+from vqrae.unified_model import generate_text, generation, sample_image_codes, validate_sampling
 from vqrae.unified_model.generation import candidates, guidance_scale_at, sample
 from vqrae.unified_model.testing import tiny_unified_model
 
 PROMPTS = ["a red circle", "a green triangle above a yellow circle on the left"]  # different lengths: padding
 
+# Two computations of the same logits in a different float order (cached vs recomputed attention, another batch
+# size or padding) agree to ~1e-7 here; a real bug (a KV cache off by one position) moves them by ~2e-4. Tokens
+# are compared only where float order cannot decide them: two paths are fed the same tokens, and their logits
+# must agree within ATOL.
+ATOL = 1e-5
+
+
+def separate_codes(model, seed: int = 0):
+    """Re-draw the code rows of every embedding table as random vectors, spread like the text rows.
+
+    The projected codebook of a random tiny VQRAE gives nearly parallel code rows: all 64 code logits lie within
+    ~3e-3 of each other, so greedy margins of ~1e-5 (down to exact ties) are common, and which of two tied codes
+    wins depends on the machine's float order. Separated rows keep margins above ~1e-3.
+    """
+    off = model.config.code_offset
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tables = {id(t): t for t in (model.llm.get_input_embeddings(), model.llm.get_output_embeddings())}
+        for table in tables.values():
+            w = table.weight
+            w[off:] = (torch.randn(w.shape[0] - off, w.shape[1], generator=g) * w[:off].float().std()).to(w.dtype)
+    return model
+
 
 @pytest.fixture(scope="module")
 def um():
-    return tiny_unified_model(seed=0)
+    return separate_codes(tiny_unified_model(seed=0))
 
 
-def test_greedy_cfg_scale_one_equals_plain_greedy(um):
+def trace_steps(monkeypatch, force=None) -> dict:
+    """Record what the sampler's loop (`generation.decode`) sees and picks at every step of the next calls.
+
+    trace["logits"][k] / trace["ids"][k]: the (rows, V) logits of the k-th step (over all calls) and the ids fed
+    back. `force(k, ids)` returns the ids to feed back instead of the chosen `ids` (teacher forcing): so two runs
+    see the same tokens and their logits can be compared step by step.
+    """
+    real = getattr(generation.decode, "untraced", generation.decode)  # a later trace replaces an earlier one
+    trace = {"logits": [], "ids": []}
+
+    def decode(*args, **kwargs):
+        def recorded(step, logits):
+            ids = choose(step, logits)
+            if force is not None:
+                ids = force(len(trace["ids"]), ids)
+            trace["logits"].append(logits.detach().clone())
+            trace["ids"].append(ids.clone())
+            return ids
+
+        args = list(args)
+        if "choose" in kwargs:
+            choose, kwargs["choose"] = kwargs["choose"], recorded
+        else:  # decode(llm, inputs_embeds, attention_mask, num_steps, choose, ...)
+            choose, args[4] = args[4], recorded
+        return real(*args, **kwargs)
+
+    decode.untraced = real
+    monkeypatch.setattr(generation, "decode", decode)
+    return trace
+
+
+def assert_close_steps(a: list, b: list, rows_a=slice(None), rows_b=slice(None)):
+    assert len(a) == len(b) and a
+    for k, (x, y) in enumerate(zip(a, b)):
+        torch.testing.assert_close(x[rows_a], y[rows_b], atol=ATOL, rtol=0, msg=lambda m, k=k: f"step {k}: {m}")
+
+
+def assert_greedy(scores: torch.Tensor, picked: torch.Tensor):
+    """Each row's `picked` index holds its maximum score up to float noise (a near-tie may go either way)."""
+    got = scores.gather(-1, picked.reshape(-1, 1))[:, 0]
+    assert bool((got >= scores.max(-1).values - ATOL).all()), (got, scores.max(-1).values)
+
+
+def test_greedy_cfg_scale_one_equals_plain_greedy(um, monkeypatch):
+    lo, hi = um.config.code_range
+    b = len(PROMPTS)
+    # Guidance does change the result (the unconditional rows are really there).
     plain = sample_image_codes(um, PROMPTS, [0, 1], cfg_scale=None, temperature=0.0)
+    assert not torch.equal(plain, sample_image_codes(um, PROMPTS, [0, 1], cfg_scale=5.0, temperature=0.0))
+    cfg_trace = trace_steps(monkeypatch)
     cfg1 = sample_image_codes(um, PROMPTS, [0, 1], cfg_scale=1.0, temperature=0.0)
-    assert torch.equal(plain, cfg1)
-    # ... and guidance does change the result (the unconditional rows are really there).
-    cfg5 = sample_image_codes(um, PROMPTS, [0, 1], cfg_scale=5.0, temperature=0.0)
-    assert not torch.equal(plain, cfg5)
+    # Plain greedy (no unconditional rows), fed the tokens CFG 1.0 chose, sees the same conditional logits...
+    plain_trace = trace_steps(monkeypatch, force=lambda k, ids: cfg_trace["ids"][k][:b])
+    sample_image_codes(um, PROMPTS, [0, 1], cfg_scale=None, temperature=0.0)
+    assert_close_steps(cfg_trace["logits"], plain_trace["logits"], rows_a=slice(0, b))
+    # ... and CFG 1.0 picked their argmax at every step: the unconditional rows do not move it.
+    for k, logits in enumerate(cfg_trace["logits"]):
+        assert_greedy(logits[:b, lo:hi], cfg1[:, k])
 
 
-@pytest.mark.parametrize("settings", [
+SETTINGS = [
     {"cfg_scale": 3.0, "temperature": 0.0},
     {"cfg_scale": 3.0, "temperature": 1.0, "top_k": 20, "top_p": 0.9},
     {"cfg_scale": 2.0, "cfg_schedule": "linear", "temperature": 0.7},
-])
-def test_kv_cache_equals_recompute(um, settings):
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_kv_cache_equals_recompute(um, monkeypatch, settings):
+    cached_trace = trace_steps(monkeypatch)
     cached = sample_image_codes(um, PROMPTS, [3, 4], use_cache=True, **settings)
+    # Recompute everything at each step, fed the tokens the cached run chose: the logits agree at every step.
+    full_trace = trace_steps(monkeypatch, force=lambda k, ids: cached_trace["ids"][k])
     full = sample_image_codes(um, PROMPTS, [3, 4], use_cache=False, **settings)
-    assert torch.equal(cached, full)
+    assert torch.equal(full, cached)  # forced: both runs decoded the same image, so every step is compared
+    assert len(full_trace["logits"]) == um.config.num_image_tokens
+    # The recomputed path's own choices can differ only where logits within ATOL decide: a near-tie.
+    assert_close_steps(cached_trace["logits"], full_trace["logits"])
 
 
-def test_cfg_mixes_logits_as_documented(um):
+def test_kv_cache_check_catches_a_cache_off_by_one_position(um, monkeypatch):
+    """The tolerance above is tight enough to see a real KV-cache bug: cached steps at the wrong position."""
+    full_trace = trace_steps(monkeypatch)
+    sample_image_codes(um, PROMPTS, [3, 4], use_cache=False, **SETTINGS[0])
+    forward, shifted = um.llm.forward, []
+
+    def off_by_one(*args, **kwargs):
+        embeds, pos = kwargs.get("inputs_embeds"), kwargs.get("position_ids")
+        if embeds is not None and embeds.shape[1] == 1 and pos is not None:  # a cached step
+            kwargs["position_ids"] = pos + 1
+            shifted.append(1)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(um.llm, "forward", off_by_one)
+    broken_trace = trace_steps(monkeypatch, force=lambda k, ids: full_trace["ids"][k])
+    sample_image_codes(um, PROMPTS, [3, 4], use_cache=True, **SETTINGS[0])
+    assert shifted  # the bug was really injected
+    with pytest.raises(AssertionError):
+        assert_close_steps(full_trace["logits"], broken_trace["logits"])
+
+
+@pytest.mark.parametrize("scale", [1.5, 3.0])
+def test_cfg_mixes_logits_as_documented(um, scale):
     """Step 0 of greedy CFG picks argmax(cond + (s-1)(cond - uncond)) over the code range."""
     proc, (lo, hi) = um.processor, um.config.code_range
     with torch.no_grad():
-        last = []
-        for ids in (proc.t2i_prompt_ids(PROMPTS[0]), proc.t2i_prompt_ids(PROMPTS[0], uncond=True)):
-            last.append(um.llm(input_ids=torch.tensor([ids])).logits[0, -1, lo:hi])
-    cond, uncond = last
-    expected = int((cond + 2.0 * (cond - uncond)).argmax())
-    got = sample_image_codes(um, PROMPTS[:1], [0], cfg_scale=3.0, temperature=0.0)
-    assert int(got[0, 0]) == expected
+        mixed = []
+        for prompt in PROMPTS:
+            cond, uncond = (um.llm(input_ids=torch.tensor([ids])).logits[0, -1, lo:hi]
+                            for ids in (proc.t2i_prompt_ids(prompt), proc.t2i_prompt_ids(prompt, uncond=True)))
+            mixed.append(cond + (scale - 1.0) * (cond - uncond))
+    got = sample_image_codes(um, PROMPTS, [0, 1], cfg_scale=scale, temperature=0.0)
+    assert_greedy(torch.stack(mixed), got[:, 0])  # computed unbatched here, batched there: equal up to float order
 
 
 def test_every_sampled_token_is_a_code_even_when_text_dominates():
@@ -67,15 +172,38 @@ def test_every_sampled_token_is_a_code_even_when_text_dominates():
     assert all(im.size == (32, 32) for row in out.images for im in row)
 
 
-def test_seeds_reproduce_and_do_not_depend_on_batching(um):
-    kw = {"num_images": 3, "cfg_scale": 3.0, "temperature": 1.0, "top_k": 30, "seed": 11}
-    a = um.generate_images(PROMPTS, batch_size=6, **kw)
-    b = um.generate_images(PROMPTS, batch_size=2, **kw)
-    assert torch.equal(a.codes, b.codes)
-    assert a.seeds == [[11, 12, 13], [14, 15, 16]]
-    c = um.generate_images(PROMPTS, batch_size=6, **(kw | {"seed": 12}))
-    assert torch.equal(c.codes[0, :2], a.codes[0, 1:])  # image i of prompt p uses seed + p * n + i
-    assert not torch.equal(a.codes[:, 0], a.codes[:, 1])
+def test_seeds_reproduce_and_do_not_depend_on_batching(um, monkeypatch):
+    kw = {"num_images": 3, "cfg_scale": 3.0, "temperature": 1.0, "top_k": 30}
+    n, rows = um.config.num_image_tokens, 6  # 2 prompts x 3 images; CFG rows: 6 conditional, then 6 unconditional
+    real_uniforms, seeds = generation.row_uniforms, []
+    monkeypatch.setattr(generation, "row_uniforms", lambda s, *a, **k: seeds.append(list(s)) or real_uniforms(s, *a, **k))
+    a_trace = trace_steps(monkeypatch)
+    a = um.generate_images(PROMPTS, batch_size=6, seed=11, **kw)
+    assert a.seeds == [[11, 12, 13], [14, 15, 16]] and seeds == [[11, 12, 13, 14, 15, 16]]
+    assert not torch.equal(a.codes[:, 0], a.codes[:, 1])  # different seeds, different images
+
+    # Batches of 2 images: each image draws the same uniforms (its own seed) and, fed the same tokens as in the
+    # batch of 6, sees the same logits at every step (up to float order), so it is the same image.
+    def rows_of_chunk(chunk):
+        items = [2 * chunk, 2 * chunk + 1]
+        return items + [rows + i for i in items]
+
+    seeds.clear()
+    b_trace = trace_steps(monkeypatch, force=lambda k, ids: a_trace["ids"][k % n][rows_of_chunk(k // n)])
+    um.generate_images(PROMPTS, batch_size=2, seed=11, **kw)
+    assert seeds == [[11, 12], [13, 14], [15, 16]]
+    assert torch.equal(real_uniforms([12, 13], n, "cpu"), real_uniforms([11, 12, 13], n, "cpu")[1:])
+    assert len(b_trace["logits"]) == 3 * n
+    for chunk in range(3):
+        assert_close_steps(a_trace["logits"][:n], b_trace["logits"][chunk * n : (chunk + 1) * n],
+                           rows_a=rows_of_chunk(chunk))
+
+    # Image i of prompt p uses seed + p * num_images + i; the same call again gives the same images.
+    monkeypatch.setattr(generation, "decode", generation.decode.untraced)
+    seeds.clear()
+    c = um.generate_images(PROMPTS, batch_size=6, seed=12, **kw)
+    assert seeds == [[12, 13, 14, 15, 16, 17]] and c.seeds == [[12, 13, 14], [15, 16, 17]]
+    assert torch.equal(um.generate_images(PROMPTS, batch_size=6, seed=11, **kw).codes, a.codes)
 
 
 def test_filtering_and_sampling_primitives():

@@ -52,10 +52,16 @@ def test_code_embeddings_come_from_projected_codebook(um):
     assert not torch.allclose(torch.nn.functional.cosine_similarity(proj, mrows, dim=-1), torch.ones(len(proj)))
 
 
+def _settings(d: dict) -> dict:
+    """A config dict without what legitimately changes on a round trip (where it was loaded from, dtype notes)."""
+    noise = ("_name_or_path", "dtype", "transformers_version")
+    return {k: _settings(v) if isinstance(v, dict) else v for k, v in d.items() if k not in noise}
+
+
 def test_save_load_identical_logits_and_samples(um, tmp_path):
     um.save_pretrained(tmp_path / "m")
     loaded = UnifiedModel.from_pretrained(tmp_path / "m")
-    assert loaded.config.to_dict() == um.config.to_dict()
+    assert _settings(loaded.config.to_dict()) == _settings(um.config.to_dict())
     batch = UnifiedCollator(um.processor)([_vqa(2), {"caption": "a red circle", "image": _images(1)[0]}])
     with torch.no_grad():
         a, b = um(**batch), loaded(**batch)
@@ -72,8 +78,8 @@ def test_from_pretrained_missing_folder_or_file(um, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         UnifiedModel.from_pretrained(tmp_path / "nope")
     um.save_pretrained(tmp_path / "m")
-    (tmp_path / "m" / "projector.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="projector.safetensors"):
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         UnifiedModel.from_pretrained(tmp_path / "m")
 
 
@@ -188,6 +194,44 @@ def test_mixed_batch_loss_trains_projector_and_skips_bad_records(um, tmp_path):
     um.zero_grad(set_to_none=True)
     with pytest.raises(ValueError, match="every record"):
         coll([{"caption": "x", "image": str(bad)}])
+
+
+def test_collator_skips_invalid_records_and_raises_on_bugs(um, tmp_path, monkeypatch):
+    from vqrae.data.records import InvalidRecord
+
+    n = um.config.num_image_tokens
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    good = [{"caption": "a red circle", "codes": [0] * n},
+            {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"},
+                               {"from": "gpt", "value": "yes"}]}]  # LLaVA speakers, system included
+    bad = [None, "a red circle", {}, {"caption": 3, "codes": [0] * n}, {"caption": "  ", "codes": [0] * n},
+           {"caption": "x"}, {"caption": "x", "codes": ["a"] * n}, {"caption": "x", "codes": [[1, 2], [3]]},
+           {"caption": "x", "codes": [0] * 3}, {"caption": "x", "codes": [10**6] * n},
+           {"caption": "x", "image": str(tmp_path / "missing.png")}, {"caption": "x", "image": str(junk)},
+           {"caption": "x", "image": torch.zeros(1, 4, 4)}, {"caption": "x", "image": 42},
+           {"messages": "hi"}, {"messages": ["hi"]}, {"messages": [{"role": "bot", "content": "x"}]},
+           {"messages": [{"role": "user", "content": 5}]}, {"conversations": "hi"},
+           {"conversations": [{"from": "alien", "value": "x"}]}, {"conversations": [["human", "x"]]},
+           _vqa(1) | {"images": _images(1)[0]}, _vqa(2) | {"images": _images(1)}]
+    coll = UnifiedCollator(um.processor)
+    batch = coll(good + bad)
+    assert coll.skipped == len(bad) and batch["input_ids"].shape[0] == len(good)
+    for rec in bad:
+        with pytest.raises(InvalidRecord):
+            coll.encode_record(rec)
+    with pytest.raises(ValueError, match="every record"):
+        coll(bad)
+    # A bug (in the processor, say) is not a bad record: it propagates instead of being skipped.
+    for method, exc in (("t2i_prompt_ids", KeyError), ("encode_conversation", TypeError),
+                        ("image_tensor", AttributeError), ("count_images", RuntimeError)):
+        def bug(*args, exc=exc, **kwargs):
+            raise exc("a bug")
+
+        monkeypatch.setattr(um.processor, method, bug)
+        with pytest.raises(exc, match="a bug"):
+            coll(good + [_vqa(1), {"caption": "a blue square", "image": _images(1)[0]}])
+        monkeypatch.undo()
 
 
 def test_templates_render_and_plain_template_ends_with_eos():

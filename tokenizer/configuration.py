@@ -38,7 +38,11 @@ class VQRAEConfig(PretrainedConfig):
             chunks of rows that fit in it.
         decoder_dim, decoder_depth, decoder_heads: ViT decoder size; `None` mirrors the encoder.
         decoder_mlp_ratio: MLP width / decoder_dim.
-        gradient_checkpointing: recompute decoder blocks in the backward pass to save activation memory.
+        decoder_gradient_checkpointing: recompute decoder blocks in the backward pass to save activation memory.
+            (Not named `gradient_checkpointing`: transformers' `post_init` consumes a config attribute of that name
+            and deletes it, so a saved tokenizer would lose the setting. The old key is still read.)
+        codebook_seed: seed of the frozen random codebook C, drawn from its own generator: the same config gives
+            the same codebook in every process, whatever the global RNG state.
     """
 
     model_type = "vqrae"
@@ -61,15 +65,20 @@ class VQRAEConfig(PretrainedConfig):
         decoder_depth: int | None = None,
         decoder_heads: int | None = None,
         decoder_mlp_ratio: float = 4.0,
-        gradient_checkpointing: bool = False,
+        decoder_gradient_checkpointing: bool = False,
+        codebook_seed: int = 0,
         **kwargs,
     ):
+        if "gradient_checkpointing" in kwargs:  # the key's name before it was renamed (see the docstring)
+            decoder_gradient_checkpointing = bool(kwargs.pop("gradient_checkpointing")) or decoder_gradient_checkpointing
         if encoder_type not in ENCODER_TYPES:
             raise ValueError(f"encoder_type must be one of {ENCODER_TYPES}, got {encoder_type!r}")
         for name, value in (("image_size", image_size), ("codebook_size", codebook_size),
                             ("codebook_dim", codebook_dim), ("lookup_memory_mb", lookup_memory_mb)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(codebook_seed, int) or isinstance(codebook_seed, bool) or codebook_seed < 0:
+            raise ValueError(f"codebook_seed must be a non-negative integer, got {codebook_seed!r}")
         if commitment_weight < 0:
             raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight}")
         self.encoder_type = encoder_type
@@ -88,7 +97,8 @@ class VQRAEConfig(PretrainedConfig):
         self.decoder_depth = decoder_depth
         self.decoder_heads = decoder_heads
         self.decoder_mlp_ratio = decoder_mlp_ratio
-        self.gradient_checkpointing = gradient_checkpointing
+        self.decoder_gradient_checkpointing = bool(decoder_gradient_checkpointing)
+        self.codebook_seed = codebook_seed
         super().__init__(**kwargs)
 
 

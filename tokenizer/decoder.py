@@ -3,6 +3,12 @@
 Quantized features (B, N, d) -> linear to the decoder width -> + fixed 2-D sin-cos position embeddings ->
 timm ViT blocks -> LayerNorm -> linear head to p*p*3 values per token -> unpatchify to (B, 3, h*p, w*p).
 The position embeddings are computed for whatever grid arrives, so the decoder holds no resolution-sized table.
+
+Initialisation (`ViTDecoder.reset_parameters`) is MAE's decoder init (He et al. 2022, the ViT/JAX convention that
+timm calls "jax"): every linear weight xavier-uniform (qkv as one matrix), every bias zero, LayerNorm weight 1 and
+bias 0. The decoder is trained from scratch and mirrors a ViT encoder, so it takes the init such ViTs are trained
+with; xavier scales with each layer's fan-in and fan-out, so it stays sensible from width 32 to 1152, and the zero
+head bias makes the first reconstructions zero-mean (mid-grey) images.
 """
 
 from __future__ import annotations
@@ -56,6 +62,21 @@ class ViTDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, patch_size * patch_size * 3)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """MAE / ViT-JAX init (see the module docstring). Like `SimVQ.reset_parameters`: `torch.nn.init` looked up
+        at call time (so transformers' loading can switch it off, and leaves tensors it loaded alone), and ZeRO-3
+        partitioned placeholders skipped."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.weight.numel():
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.weight.numel():
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, N, in_dim) -> (B, 3, h*p, w*p) in [0, 1] space (not clamped: the training loss sees raw values)."""

@@ -15,7 +15,6 @@ initialise the LLM's new image-token embeddings.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +62,7 @@ class VQRAE(PreTrainedModel):
             commitment_weight=config.commitment_weight,
             l2_normalize=config.l2_normalize,
             lookup_memory_mb=config.lookup_memory_mb,
+            codebook_seed=config.codebook_seed,
         )
         self.decoder = ViTDecoder(
             in_dim=d,
@@ -71,10 +71,25 @@ class VQRAE(PreTrainedModel):
             num_heads=config.decoder_heads or self.encoder.num_heads,
             patch_size=self.encoder.patch_size,
             mlp_ratio=config.decoder_mlp_ratio,
-            gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing=config.decoder_gradient_checkpointing,
         )
         self.post_init()
         self.set_encoder_trainable(not config.freeze_encoder)
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """Explicit initialisation of VQRAE's own modules, called by `post_init` (and by `from_pretrained` for
+        weights missing from a checkpoint; loaded tensors are flagged and left alone).
+
+        - SimVQ (projections, W, frozen codebook C): the SimVQ reference init, see `SimVQ.reset_parameters`.
+        - ViT decoder: MAE's decoder init (xavier-uniform linears, zero biases, LayerNorm 1/0), see
+          `ViTDecoder.reset_parameters`.
+        - The encoder is never touched here: a Hugging Face encoder is a PreTrainedModel child that transformers
+          initialises with its own `_init_weights` (and whose pretrained weights `from_encoder` loads afterwards); a
+          timm encoder keeps timm's own init. Without this override transformers' generic N(0, 0.02) would land on
+          W, the projections, the decoder and every timm layer.
+        """
+        if isinstance(module, (SimVQ, ViTDecoder)):
+            module.reset_parameters()
 
     # -- construction ---------------------------------------------------------------------------------------------
 
@@ -191,25 +206,13 @@ class VQRAE(PreTrainedModel):
         )
 
 
-def load_vqrae(path: str, device: str | torch.device = "cpu") -> VQRAE:
-    """`VQRAE.from_pretrained` with one-line errors for the usual mistakes (wrong or incomplete folder)."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"tokenizer folder not found: {path}")
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{path} is not a tokenizer folder: it has no config.json")
-    import json
+def load_vqrae(name_or_path: str, device: str | torch.device = "cpu", **kwargs) -> VQRAE:
+    """`VQRAE.from_pretrained` (a local folder or a hub id) with one-line errors for the usual mistakes (wrong or
+    incomplete folder, unknown hub id); `kwargs` go to from_pretrained (e.g. dtype)."""
+    from .hub import check_model_source
 
-    try:
-        with open(config_file) as f:
-            model_type = json.load(f).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{config_file} is not valid JSON ({exc.msg})") from None
-    if model_type != VQRAEConfig.model_type:
-        raise ValueError(f"{path} holds a {model_type!r} model, not a VQRAE tokenizer")
-    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
-        raise FileNotFoundError(f"{path} has no model.safetensors (weights missing)")
-    model = VQRAE.from_pretrained(path)
+    source = check_model_source(name_or_path, VQRAEConfig.model_type, "VQRAE tokenizer")
+    model = VQRAE.from_pretrained(source, **kwargs)
     return model.to(device).eval()
 
 

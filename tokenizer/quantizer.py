@@ -8,10 +8,20 @@ The nearest-code search never builds the full (rows x K) distance matrix when th
 `lookup_memory_mb`: it walks over row chunks, each one a single fused `addmm` (||c||^2 - 2 z.c) plus an argmin.
 In inference mode the mapped codebook C W is cached and recomputed only when W changes, so `tokenize` pays only
 for the search.
+
+Initialisation (`SimVQ.reset_parameters`) follows the reference code (github.com/youngsheen/SimVQ,
+taming/modules/vqvae/quantize.py): the frozen codebook C ~ N(0, 1/e) (std e^-1/2), and the map W an `nn.Linear`
+left at PyTorch's default (kaiming-uniform with a=sqrt(5), i.e. U(-1/sqrt(e), 1/sqrt(e)), std 1/sqrt(3e)), so that
+C W starts with rows of norm about 1/sqrt(3) and all codes spread in every direction. The d <-> e projections, which
+the reference leaves to its conv encoder/decoder, keep PyTorch's default nn.Linear init as well. C is drawn from its
+own generator seeded with `codebook_seed` (on the CPU, then copied), never from the global RNG: the same seed gives
+the same codebook in every process and on every device, which is what a multi-process run needs (C is a buffer,
+and DeepSpeed broadcasts parameters only).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +70,7 @@ class SimVQ(nn.Module):
         commitment_weight: float = 0.25,
         l2_normalize: bool = False,
         lookup_memory_mb: float = 256.0,
+        codebook_seed: int = 0,
     ):
         super().__init__()
         self.dim = dim
@@ -68,18 +79,46 @@ class SimVQ(nn.Module):
         self.commitment_weight = commitment_weight
         self.l2_normalize = l2_normalize
         self.lookup_memory_mb = lookup_memory_mb
+        self.codebook_seed = codebook_seed
         self.proj_in = nn.Linear(dim, codebook_dim)
         self.proj_out = nn.Linear(codebook_dim, dim)
         # Frozen random codebook: a persistent buffer, so it is saved with the model but never optimised.
-        self.register_buffer("codebook", torch.randn(codebook_size, codebook_dim) * codebook_dim**-0.5)
+        self.register_buffer("codebook", torch.empty(codebook_size, codebook_dim))
         self.codebook_map = nn.Linear(codebook_dim, codebook_dim, bias=False)  # W
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    def initial_codebook(self) -> torch.Tensor:
+        """The frozen codebook C this quantizer starts with: N(0, 1/e) from `codebook_seed`, on the CPU."""
+        g = torch.Generator(device="cpu").manual_seed(self.codebook_seed)
+        return torch.randn(self.codebook_size, self.codebook_dim, generator=g, device="cpu") * self.codebook_dim**-0.5
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The SimVQ reference init (see the module docstring).
+
+        Written with `torch.nn.init` looked up at call time, like PyTorch's own layers, so transformers' loading
+        machinery applies: no-ops while `from_pretrained` builds an empty model, and tensors it loaded from a
+        checkpoint (flagged `_is_hf_initialized`) left alone when it initialises missing ones. Parameters that ZeRO-3
+        has already partitioned (empty placeholders, e.g. under `deepspeed.zero.Init`) are skipped."""
+        for linear in (self.proj_in, self.proj_out, self.codebook_map):  # PyTorch's nn.Linear default, spelled out
+            if linear.weight.numel() == 0:
+                continue
+            nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
+            if linear.bias is not None:
+                bound = 1 / math.sqrt(linear.in_features)
+                nn.init.uniform_(linear.bias, -bound, bound)
+        if self.codebook.device.type != "meta" and not getattr(self.codebook, "_is_hf_initialized", False):
+            self.codebook.copy_(self.initial_codebook())
+        self._cache = None
 
     def mapped_codebook(self) -> torch.Tensor:
-        """C W, shape (K, e). Cached outside autograd until W or C changes (their version counters move)."""
-        if torch.is_grad_enabled() and self.codebook_map.weight.requires_grad:
-            return self._map()
+        """C W, shape (K, e). Cached outside autograd until W or C changes (their version counters move). Not cached
+        for a ZeRO-3 partitioned W: its local tensor is a placeholder whose pointer and version say nothing about
+        the weights (DeepSpeed gathers them only inside the map's forward)."""
         w = self.codebook_map.weight
+        if (torch.is_grad_enabled() and w.requires_grad) or hasattr(w, "ds_id"):
+            return self._map()
         key = (w.data_ptr(), w._version, self.codebook.data_ptr(), self.codebook._version, w.dtype, w.device)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():

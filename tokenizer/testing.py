@@ -39,3 +39,14 @@ def tiny_vqrae_config(encoder_type: str = "siglip", **overrides):
                   codebook_size=64, codebook_dim=48)
     kwargs.update(overrides)
     return VQRAEConfig(**kwargs)
+
+
+def save_tiny_siglip(folder, seed: int = 0) -> None:
+    """A random width-32 SigLIP vision tower (32 px, patch 8) saved as a Hugging Face folder: an `encoder=` for
+    tokenizer-stage tests that need no trained encoder."""
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    config = SiglipVisionConfig(**{k: v for k, v in TINY_SIGLIP.items() if k != "model_type"})
+    SiglipVisionModel(config).save_pretrained(folder)

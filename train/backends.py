@@ -144,6 +144,28 @@ def fill_ds_config(ds: dict[str, Any], where: str, cfg: TrainConfig, bf16: bool)
     return ds
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Every buffer of `module` (a frozen random codebook, running statistics, ...) set to process `src`'s values.
+
+    `deepspeed.initialize` broadcasts parameters, not buffers (and under ZeRO-3 only parameters are partitioned;
+    buffers stay whole in every process), so a buffer that came out different in some process would silently stay
+    different. The stages build their models after seeding and the codebook comes from its own seed; this is the
+    guarantee that does not depend on either."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_world_size() == 1:
+        return
+    for _, buf in sorted(module.named_buffers(remove_duplicate=True), key=lambda kv: kv[0]):
+        if buf.numel() == 0:
+            continue
+        if buf.dtype == torch.bool:  # gloo cannot broadcast bool tensors
+            tmp = buf.to(torch.uint8)
+            torch.distributed.broadcast(tmp, src=src)
+            buf.copy_(tmp.bool())
+        else:
+            torch.distributed.broadcast(buf.data, src=src)
+
+
 class DeepSpeedBackend:
     """DeepSpeed engine around the stage's module, with our AdamW and schedule (DeepSpeed steps the schedule at
     each optimizer step and checkpoints it with the rest)."""
@@ -164,6 +186,7 @@ class DeepSpeedBackend:
         self.engine = self.model = engine
         self.optimizer, self.scheduler = optimizer, scheduler
         self.zero_stage = engine.zero_optimization_stage()
+        broadcast_buffers(module)
 
     def autocast(self):
         return contextlib.nullcontext()

@@ -10,6 +10,11 @@ Every stage config subclasses `TrainConfig` (the engine's settings: steps, batch
 and adds its own fields; a field may itself be a dataclass (YAML mapping, overridden with dotted keys). Values are
 checked against the field types: an unknown key or a value of the wrong type is a one-line ValueError naming the
 key and where it came from, never a silently ignored setting.
+
+A field may be an older spelling of a key in a section: `codebook_size: int | None = field(default=None,
+metadata={"alias": "model.codebook_size"})`. YAML keys and overrides of that name are read as the section's key, so
+whichever comes later wins (an override beats the file, whatever the spelling); the field itself stays at its
+default.
 """
 
 from __future__ import annotations
@@ -129,7 +134,8 @@ def resolve_config_path(path: str | Path) -> Path:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain dict (tuples as lists) that YAML and JSON can write and `load_config` can read back."""
+    """Plain dict (tuples as lists) that YAML and JSON can write and `load_config` can read back. Older spellings
+    (alias fields) are left out: their values live in the section they name."""
 
     def plain(v: Any) -> Any:
         if isinstance(v, (list, tuple)):
@@ -138,7 +144,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items()}
+    aliases = {f.name for f in dataclasses.fields(cfg) if "alias" in f.metadata}
+    return {k: plain(v) for k, v in dataclasses.asdict(cfg).items() if k not in aliases}
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -160,25 +167,42 @@ def _unknown(key: str, known: Sequence[str], where: str) -> ValueError:
     return ValueError(f"unknown config key '{key}' in {where}{hint}")
 
 
-def _parse_mapping(cls: type, data: dict, prefix: str, source: str) -> dict[str, Any]:
+def _alias(cls: type, key: str) -> str | None:
+    """The dotted key that field `key` of `cls` is an older spelling of, if it is one."""
+    for f in dataclasses.fields(cls):
+        if f.name == key:
+            return f.metadata.get("alias")
+    return None
+
+
+def _parse_mapping(cls: type, data: dict, prefix: str, source: str, out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Type-check a (possibly nested) YAML mapping against dataclass `cls`; nested dataclasses stay dicts."""
     fields = _fields(cls)
-    out: dict[str, Any] = {}
+    out = {} if out is None else out
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in fields:
             raise _unknown(full, list(fields), source)
+        alias = _alias(cls, key)
+        if alias is not None:  # an older spelling: read as the section's key
+            head, _, rest = alias.partition(".")
+            _parse_mapping(fields[head][1], {rest: value}, f"{prefix}{head}.", source, out.setdefault(head, {}))
+            continue
         tp = fields[key][1]
         if _is_dataclass_type(tp):
             if not isinstance(value, dict):
                 raise ValueError(f"config key '{full}' in {source}: expected a mapping, got {value!r}")
-            out[key] = _parse_mapping(tp, value, f"{full}.", source)
+            _parse_mapping(tp, value, f"{full}.", source, out.setdefault(key, {}))
         else:
             out[key] = _coerce(value, tp, full, source, from_string=False)
     return out
 
 
 def _set_override(cls: type, values: dict[str, Any], key: str, raw: str, item: str) -> None:
+    head, _, rest = key.partition(".")
+    alias = _alias(cls, head) if head in _fields(cls) else None
+    if alias is not None:  # an older spelling of a section key
+        key = alias + (f".{rest}" if rest else "")
     parts = key.split(".")
     for i, part in enumerate(parts):
         fields = _fields(cls)

@@ -13,6 +13,7 @@ any save), the update, then logging, evaluation and checkpointing in that order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -61,6 +62,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def cudnn_attention(enabled: bool):
+    """torch's cuDNN attention switch (a process-wide flag) set to `enabled` inside the block and put back as it was
+    when the block ends, normally or by an exception."""
+    previous = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(previous)
+
+
 def train(stage: Stage) -> TrainResult:
     """Train `stage` to `config.max_steps`, resuming per `config.resume`; export the final weights to final/."""
     return Engine(stage).run()
@@ -83,8 +96,8 @@ class Engine:
         self.dist = distributed.init_deepspeed_distributed() if cfg.deepspeed else distributed.DistInfo()
         self.device = self._device()
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
-        if self.device.type == "cuda" and not cfg.cudnn_attention:
-            torch.backends.cuda.enable_cudnn_sdp(False)  # see TrainConfig.cudnn_attention
+        if not cfg.cudnn_attention:  # see TrainConfig.cudnn_attention; only CUDA kernels read the flag
+            self._scope.enter_context(cudnn_attention(False))  # restored when run() ends
         if self.bf16 and self.device.type == "cpu":
             logger.warning("bf16 on the CPU is many times slower than fp32 here; precision=auto picks fp32")
         stage = self.stage
@@ -129,9 +142,17 @@ class Engine:
     # ------------------------------------------------------------------------------------------- the run
 
     def run(self) -> TrainResult:
+        # Process-wide switches the run needs (cuDNN attention) are set inside this scope and restored when the run
+        # ends, normally or not: a library call leaves the process as it found it.
+        with contextlib.ExitStack() as self._scope:
+            return self._run()
+
+    def _run(self) -> TrainResult:
         self._setup()
         cfg, stage, dist = self.cfg, self.stage, self.dist
-        seed_everything(cfg.seed)  # the same initial weights in every process
+        # The model is built only now, after seeding: `seed` fixes the initial weights, and every process draws the
+        # same ones (torch's initial seed differs per process). Stages build nothing random in __init__.
+        seed_everything(cfg.seed)
         module = stage.build_model()
         groups = stage.param_groups(module)
         check_param_groups(module, groups)

@@ -55,17 +55,17 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path | None:
     """Training loss against step (and each eval metric in its own panel) from metrics.jsonl. None if nothing."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): nothing process-wide changes (pyplot's backend, its figure registry), so a caller's
+    # own plotting (a notebook's inline backend) is left as it was.
+    from matplotlib.figure import Figure
 
     records = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
     evals = sorted({k for r in records for k, v in r.items() if k.startswith("eval/") and isinstance(v, (int, float))})
     if not train:
         return None
-    fig, axes = plt.subplots(1, 1 + len(evals), figsize=(5 * (1 + len(evals)), 3.5), squeeze=False)
+    fig = Figure(figsize=(5 * (1 + len(evals)), 3.5))
+    axes = fig.subplots(1, 1 + len(evals), squeeze=False)
     ax = axes[0][0]
     ax.plot(*zip(*train), lw=1.2)
     ax.set_xlabel("step")
@@ -82,5 +82,4 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str =
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)
     return Path(png_path)

@@ -3,8 +3,8 @@
 A stage is a small module: a config dataclass (subclass of `TrainConfig`) and a `Stage` subclass, registered by
 name in `train/stages/__init__.py`. The engine calls, in order:
 
-    stage = MyStage(config)
-    module = stage.build_model()             # nn.Module holding every parameter the loss touches
+    stage = MyStage(config)                  # settings only: nothing random, no model (the engine has not seeded)
+    module = stage.build_model()             # after seeding: nn.Module holding every parameter the loss touches
     groups = stage.param_groups(module)      # AdamW groups, each may carry its own "lr" / "weight_decay" / "name"
     data = stage.train_dataset()             # map-style Dataset; batches come from stage.collate
     loss, metrics = stage.loss(model, batch, step)   # every micro-batch
@@ -15,6 +15,11 @@ name in `train/stages/__init__.py`. The engine calls, in order:
 forward to `module.forward`. Under ZeRO-3 parameters exist only inside a forward call, so reach them through
 `model(...)` (or submodules' forward), never by reading `.weight` directly. Frozen parts live in `module` with
 `requires_grad=False`; every trainable parameter must be in exactly one group.
+
+Build the model (and anything else drawn from the global RNG) in `build_model`, never in `__init__`: the engine
+seeds right before calling it, which is what makes `seed` fix the initial weights and gives every process the same
+ones (torch's initial seed differs per process). Under DeepSpeed the engine also copies every buffer from process 0
+after `deepspeed.initialize`, which broadcasts parameters only.
 """
 
 from __future__ import annotations

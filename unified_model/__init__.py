@@ -21,6 +21,7 @@ from .generation import (
 from .modeling import GEN_SLOT, UnifiedModel, default_attn_implementation
 from .processing import UnifiedProcessor
 from .projector import PROJECTOR_TYPES, build_projector
+from .sampling_config import SamplingConfig
 from .templates import TEMPLATES, ConversationTemplate, get_template, register_template
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "TEMPLATES",
     "ConversationTemplate",
     "ImageGenerationOutput",
+    "SamplingConfig",
     "UnifiedCollator",
     "UnifiedConfig",
     "UnifiedModel",

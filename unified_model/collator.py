@@ -13,17 +13,25 @@ paths are opened as they are: resolve them against the record file's folder befo
 
 The batch: `input_ids`, `attention_mask`, `labels` (B, L), right-padded; `pixel_values` (M, 3, S, S) for the
 `<image>` slots in reading order; `gen_pixel_values` (G, 3, S, S) for caption records given as images, whose code
-slots hold `GEN_SLOT` until `UnifiedModel.forward` tokenizes them. A bad record (unreadable image, wrong number of
-images, too long to truncate without cutting an image) is skipped, counted in `skipped` and logged.
+slots hold `GEN_SLOT` until `UnifiedModel.forward` tokenizes them. A bad record raises `InvalidRecord` (malformed
+fields, an unknown role, an empty caption, a missing or unreadable image, wrong number of images, too long to
+truncate without cutting an image): it is skipped, counted in `skipped` and logged. Any other exception is a bug
+and propagates.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from PIL import Image
+
+from vqrae.data.records import ROLE_ALIASES, InvalidRecord
 
 from .modeling import GEN_SLOT
 from .processing import UnifiedProcessor
@@ -31,18 +39,35 @@ from .processing import UnifiedProcessor
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-_LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_IMAGE_TYPES = (str, os.PathLike, bytes, Image.Image, torch.Tensor)
+
+
+def _validated(what: str, call: Callable, *args, errors: tuple[type[Exception], ...] = (ValueError,), **kwargs):
+    """Run a processor call that checks the record; the `errors` it raises are about the record: InvalidRecord."""
+    try:
+        return call(*args, **kwargs)
+    except InvalidRecord:
+        raise
+    except errors as exc:
+        raise InvalidRecord(f"{what}: {exc}") from exc
 
 
 def record_messages(record: dict) -> list[dict]:
     """The record's conversation as [{"role", "content"}] (accepts the LLaVA `conversations` form)."""
     if "messages" in record:
-        return list(record["messages"])
+        messages = record["messages"]
+        if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
+            raise InvalidRecord("'messages' must be a list of {'role': ..., 'content': ...} objects")
+        return list(messages)
+    conv = record.get("conversations")
+    if not isinstance(conv, (list, tuple)) or not conv:
+        raise InvalidRecord("a record needs 'caption', 'messages' or a non-empty 'conversations' list")
     turns = []
-    for i, t in enumerate(record["conversations"]):
-        role = _LLAVA_ROLES.get(t.get("from"))
+    for i, t in enumerate(conv):
+        speaker = t.get("from") if isinstance(t, dict) else None
+        role = ROLE_ALIASES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
-            raise ValueError(f"turn {i}: unknown speaker {t.get('from')!r}")
+            raise InvalidRecord(f"turn {i}: unknown speaker {speaker!r} (a turn is {{'from': ..., 'value': ...}})")
         turns.append({"role": role, "content": t.get("value")})
     return turns
 
@@ -54,7 +79,10 @@ def record_image(record: dict):
 
 def record_images(record: dict) -> list:
     if "images" in record:
-        return list(record["images"] or [])
+        images = record["images"]
+        if images is not None and not isinstance(images, (list, tuple)):
+            raise InvalidRecord(f"'images' must be a list, got {type(images).__name__}")
+        return list(images or [])
     return [] if record_image(record) is None else [record_image(record)]
 
 
@@ -72,26 +100,26 @@ class UnifiedCollator:
         self._rng = random.Random(self.seed)
 
     def encode_record(self, record: dict) -> tuple[list[int], list[int], list[torch.Tensor], list[torch.Tensor]]:
-        """-> (ids, labels, images for <image> slots, images to tokenize for code slots)."""
+        """-> (ids, labels, images for <image> slots, images to tokenize for code slots); InvalidRecord if bad."""
         proc, cfg = self.processor, self.processor.config
+        if not isinstance(record, dict):
+            raise InvalidRecord(f"a record must be a dict, got {type(record).__name__}")
         if "caption" in record:
             caption = record["caption"]
             if not isinstance(caption, str):
-                raise ValueError(f"caption must be a string, got {type(caption).__name__}")
+                raise InvalidRecord(f"caption must be a string, got {type(caption).__name__}")
             drop = self.caption_dropout > 0 and self._rng.random() < self.caption_dropout
-            prompt = proc.t2i_prompt_ids(caption, uncond=drop)
+            prompt = _validated("caption", proc.t2i_prompt_ids, caption, uncond=drop)
             n = cfg.num_image_tokens
             gen: list[torch.Tensor] = []
             if record.get("codes") is not None:
-                codes = torch.as_tensor(record["codes"], dtype=torch.long).flatten()
-                if codes.numel() != n or int(codes.min()) < 0 or int(codes.max()) >= cfg.codebook_size:
-                    raise ValueError(f"codes must be {n} values in [0, {cfg.codebook_size})")
+                codes = self._codes(record["codes"])
                 slots = (codes + cfg.code_offset).tolist()
             elif record_image(record) is not None:
-                gen = [proc.image_tensor(record_image(record))]
+                gen = [self._image(record_image(record))]
                 slots = [GEN_SLOT] * n
             else:
-                raise ValueError("a caption record needs an 'image' or 'codes'")
+                raise InvalidRecord("a caption record needs an 'image' or 'codes'")
             suffix = proc.t2i_suffix_ids()
             ids = prompt + slots + suffix
             labels = [IGNORE_INDEX] * len(prompt) + slots + [IGNORE_INDEX] * len(suffix)
@@ -99,17 +127,35 @@ class UnifiedCollator:
         messages = record_messages(record)
         images = record_images(record)
         if proc.count_images(messages) != len(images):
-            raise ValueError(f"{proc.count_images(messages)} <image> placeholder(s) but {len(images)} image(s)")
-        ids, target = proc.encode_conversation(messages)
+            raise InvalidRecord(f"{proc.count_images(messages)} <image> placeholder(s) but {len(images)} image(s)")
+        ids, target = _validated("conversation", proc.encode_conversation, messages)
         labels = [t if is_t else IGNORE_INDEX for t, is_t in zip(ids, target)]
-        return ids, labels, [proc.image_tensor(im) for im in images], []
+        return ids, labels, [self._image(im) for im in images], []
+
+    def _codes(self, values: Any) -> torch.Tensor:
+        cfg = self.processor.config
+        n, k = cfg.num_image_tokens, cfg.codebook_size
+        try:
+            codes = torch.as_tensor(values, dtype=torch.long).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:  # not a list of integers: the record's data
+            raise InvalidRecord(f"codes must be {n} integers in [0, {k}): {exc}") from exc
+        if codes.numel() != n or int(codes.min()) < 0 or int(codes.max()) >= k:
+            raise InvalidRecord(f"codes must be {n} values in [0, {k})")
+        return codes
+
+    def _image(self, image: Any) -> torch.Tensor:
+        """A record's image at the model's input size; a missing or undecodable one is an InvalidRecord."""
+        if not isinstance(image, _IMAGE_TYPES):
+            raise InvalidRecord(f"an image must be a path, a PIL image or a (3, H, W) tensor, got "
+                                f"{type(image).__name__}")
+        return _validated("image", self.processor.image_tensor, image, errors=(ValueError, OSError))
 
     def _truncate(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         if self.max_length is None or len(ids) <= self.max_length:
             return ids, labels
         special = {self.processor.config.image_token_id, GEN_SLOT}
         if any(t in special for t in ids[self.max_length:]):
-            raise ValueError(f"{len(ids)} tokens exceed max_length {self.max_length} inside an image")
+            raise InvalidRecord(f"{len(ids)} tokens exceed max_length {self.max_length} inside an image")
         return ids[: self.max_length], labels[: self.max_length]
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
@@ -119,7 +165,7 @@ class UnifiedCollator:
             try:
                 ids, labels, imgs, gen = self.encode_record(rec)
                 ids, labels = self._truncate(ids, labels)
-            except (ValueError, OSError, KeyError, TypeError) as exc:
+            except InvalidRecord as exc:  # bad input only: a bug (KeyError, TypeError, ...) propagates
                 self.skipped += 1
                 errors.append(f"record {i}: {exc}")
                 logger.warning("skipping record %d: %s (%d skipped so far)", i, exc, self.skipped)

@@ -1,12 +1,17 @@
 """UnifiedConfig: what glues an LLM, its text tokenizer, a VQRAE and a projector into one model.
 
-The ids are filled in when the vocabulary is extended (`unified_model.vocab.extend_vocabulary`) and saved with the
-model, so loading never re-derives them from the tokenizer.
+Like transformers' LLaVA port, the config holds its parts' configs (`text_config`: the LLM's, any causal LM that
+`AutoModelForCausalLM` knows; `vqrae_config`: the tokenizer's), so `UnifiedModel(config)` builds the whole model and
+one `config.json` describes it. The ids are filled in when the vocabulary is extended
+(`unified_model.vocab.extend_vocabulary`) and saved with the model, so loading never re-derives them.
 """
 
 from __future__ import annotations
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from vqrae.tokenizer import VQRAEConfig
 
 from .projector import PROJECTOR_TYPES
 
@@ -14,10 +19,13 @@ UNCOND_MODES = ("empty", "pad", "learned")
 CODE_INITS = ("projector", "mean")
 
 
-class UnifiedConfig(PretrainedConfig):
+class UnifiedConfig(PreTrainedConfig):
     r"""
     Args:
-        template: conversation template name (see `unified_model.templates`), chosen explicitly, never guessed.
+        text_config: the LLM's config (a dict with `model_type`, or a config object); default a Qwen2 config.
+        vqrae_config: the VQRAE tokenizer's config (`VQRAEConfig` or its dict).
+        template: conversation template: `"auto"` (the text tokenizer's own chat template when it has one, else our
+            `plain` template) or a name from `unified_model.templates`.
         projector_type: `"mlp2x_gelu"` or `"linear"`.
         feature_dim: width of the VQRAE continuous features (the projector's input).
         hidden_size: the LLM's embedding width (the projector's output).
@@ -35,51 +43,46 @@ class UnifiedConfig(PretrainedConfig):
     """
 
     model_type = "vqrae_unified"
+    sub_configs_defaults = {  # noqa: RUF012 (transformers' class-level spec)
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "vqrae_config": SubConfigSpec(config_class=VQRAEConfig),
+    }
 
-    def __init__(
-        self,
-        template: str = "chatml",
-        projector_type: str = "mlp2x_gelu",
-        feature_dim: int = 0,
-        hidden_size: int = 0,
-        num_image_features: int = 0,
-        grid_size: list[int] | tuple[int, int] = (0, 0),
-        codebook_size: int = 0,
-        code_offset: int = 0,
-        image_token_id: int = -1,
-        boi_token_id: int = -1,
-        eoi_token_id: int = -1,
-        uncond_token_id: int = -1,
-        pad_token_id: int = -1,
-        t2i_prompt: str = "Generate an image of: {caption}",
-        uncond: str = "empty",
-        code_init: str = "projector",
-        **kwargs,
-    ):
-        if projector_type not in PROJECTOR_TYPES:
-            raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {projector_type!r}")
-        if uncond not in UNCOND_MODES:
-            raise ValueError(f"uncond must be one of {UNCOND_MODES}, got {uncond!r}")
-        if code_init not in CODE_INITS:
-            raise ValueError(f"code_init must be one of {CODE_INITS}, got {code_init!r}")
-        if "{caption}" not in t2i_prompt:
-            raise ValueError(f"t2i_prompt must contain '{{caption}}', got {t2i_prompt!r}")
-        self.template = template
-        self.projector_type = projector_type
-        self.feature_dim = feature_dim
-        self.hidden_size = hidden_size
-        self.num_image_features = num_image_features
-        self.grid_size = [int(x) for x in grid_size]
-        self.codebook_size = codebook_size
-        self.code_offset = code_offset
-        self.image_token_id = image_token_id
-        self.boi_token_id = boi_token_id
-        self.eoi_token_id = eoi_token_id
-        self.uncond_token_id = uncond_token_id
-        self.t2i_prompt = t2i_prompt
-        self.uncond = uncond
-        self.code_init = code_init
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+    text_config: dict | PreTrainedConfig | None = None
+    vqrae_config: dict | PreTrainedConfig | None = None
+    template: str = "auto"
+    projector_type: str = "mlp2x_gelu"
+    feature_dim: int = 0
+    hidden_size: int = 0
+    num_image_features: int = 0
+    grid_size: list[int] | tuple[int, ...] = (0, 0)
+    codebook_size: int = 0
+    code_offset: int = 0
+    image_token_id: int = -1
+    boi_token_id: int = -1
+    eoi_token_id: int = -1
+    uncond_token_id: int = -1
+    pad_token_id: int = -1
+    t2i_prompt: str = "Generate an image of: {caption}"
+    uncond: str = "empty"
+    code_init: str = "projector"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.uncond not in UNCOND_MODES:
+            raise ValueError(f"uncond must be one of {UNCOND_MODES}, got {self.uncond!r}")
+        if self.code_init not in CODE_INITS:
+            raise ValueError(f"code_init must be one of {CODE_INITS}, got {self.code_init!r}")
+        if "{caption}" not in self.t2i_prompt:
+            raise ValueError(f"t2i_prompt must contain '{{caption}}', got {self.t2i_prompt!r}")
+        self.grid_size = [int(x) for x in self.grid_size]
+        if len(self.grid_size) != 2:
+            raise ValueError(f"grid_size must be (h, w), got {self.grid_size}")
+        # The LLM decides whether its input and output embeddings are one tensor (LLaVA does the same).
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 
     @property
     def num_image_tokens(self) -> int:

@@ -212,12 +212,13 @@ def sample_image_codes(
 def generate_images(
     model: UnifiedModel,
     prompts: Sequence[str],
-    num_images: int = 1,
-    cfg_scale: float | None = 4.0,
-    cfg_schedule: str = "constant",
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    num_images: int | None = None,
+    cfg_scale: float | None = None,
+    cfg_schedule: str | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance: bool | None = None,
     seed: int | None = None,
     batch_size: int = 8,
     use_cache: bool = True,
@@ -225,8 +226,16 @@ def generate_images(
 ) -> ImageGenerationOutput:
     """Text-to-image: `num_images` per prompt, `batch_size` images per forward batch (twice the rows with CFG).
 
+    Every sampling argument left as None takes the model's default (`model.sampling_config`, saved with the model
+    as sampling_config.json). `guidance=False` samples without classifier-free guidance (no unconditional rows).
     Image i of prompt p gets seed `seed + p * num_images + i` (`seed=None`: a random base seed, reported back).
     """
+    defaults = model.sampling_config.replace(num_images=num_images, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+                                             temperature=temperature, top_k=top_k, top_p=top_p, guidance=guidance)
+    num_images = defaults.num_images
+    sampling = defaults.image_kwargs()
+    cfg_scale, cfg_schedule = sampling["cfg_scale"], sampling["cfg_schedule"]
+    temperature, top_k, top_p = sampling["temperature"], sampling["top_k"], sampling["top_p"]
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
@@ -357,4 +366,6 @@ def stream_chat(model: UnifiedModel, messages: Sequence[dict], images: Sequence[
     if n_slots != len(images):
         raise ValueError(f"the conversation has {n_slots} <image> placeholder(s) but {len(images)} image(s)")
     prompt, _ = proc.encode_conversation(messages, add_generation_prompt=True)
+    # The model's defaults (sampling_config.json) for whatever the caller leaves out or sets to None.
+    sampling = {**model.sampling_config.text_kwargs(), **{k: v for k, v in sampling.items() if v is not None}}
     return stream_text(model, prompt, proc.pixel_values(images), **sampling)

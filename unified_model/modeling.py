@@ -1,10 +1,15 @@
-"""UnifiedModel: a Hugging Face causal LM + its text tokenizer + a VQRAE + a projector, saved as one folder.
+"""UnifiedModel: a Hugging Face causal LM + a VQRAE + a projector, one `PreTrainedModel`, saved as one folder.
 
     folder/
-      config.json               UnifiedConfig (template, ids, grid size, ...)
-      llm/                      the causal LM (save_pretrained) and its text tokenizer
-      vqrae/                    the VQRAE tokenizer (save_pretrained)
-      projector.safetensors     the projector's weights
+      config.json               UnifiedConfig: its fields, the LLM's config (text_config), the VQRAE's (vqrae_config)
+      model.safetensors         every weight: llm.*, vqrae.*, projector.*
+      tokenizer.json ...        the text tokenizer
+      preprocessor_config.json  the image processor; processor_config.json: the processor's settings
+      sampling_config.json      sampling defaults (guidance scale, temperature, top-k/p, ...)
+
+So `from_pretrained` takes what any Hugging Face model takes: a folder or a hub id, `dtype`, `device_map`, and under
+DeepSpeed ZeRO-3 (an `HfDeepSpeedConfig` alive) it builds the model partitioned, never whole on every rank.
+`AutoModel.from_pretrained(folder)` and `AutoConfig` load it after `import vqrae`.
 
 Understanding: every `<image>` in a prompt is N image-slot ids; `embed` replaces their embeddings by the
 projected continuous VQRAE features (images in the order their slots appear, row by row).
@@ -15,30 +20,27 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from vqrae.tokenizer import VQRAE
+from vqrae.tokenizer.hub import check_model_source
 
 from .configuration import UnifiedConfig
 from .generation import generate_images, stream_chat
 from .processing import ImageInput, UnifiedProcessor
 from .projector import build_projector
-from .templates import get_template
+from .sampling_config import SamplingConfig
 from .vocab import extend_vocabulary, init_code_embeddings
 
 logger = logging.getLogger(__name__)
 
 # Marks, in a training batch's input_ids and labels, the code slots of images the forward pass tokenizes itself.
 GEN_SLOT = -2
-
-CONFIG_NAME = "config.json"
-PROJECTOR_NAME = "projector.safetensors"
 
 
 def default_attn_implementation(device: str | torch.device | None = None) -> str:
@@ -47,16 +49,46 @@ def default_attn_implementation(device: str | torch.device | None = None) -> str
     return "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
 
 
-class UnifiedModel(nn.Module):
-    def __init__(self, config: UnifiedConfig, llm, text_tokenizer, vqrae: VQRAE, projector: nn.Module):
-        super().__init__()
-        self.config = config
-        self.llm = llm
-        self.vqrae = vqrae
-        self.projector = projector
-        self.text_tokenizer = text_tokenizer
-        self.processor = UnifiedProcessor(text_tokenizer, config, vqrae.image_size)
+class UnifiedModel(PreTrainedModel):
+    config_class = UnifiedConfig
+    base_model_prefix = "unified"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    def __init__(self, config: UnifiedConfig, llm: PreTrainedModel | None = None, vqrae: VQRAE | None = None):
+        """Builds every part from `config` (what `from_pretrained` does, on the meta device or partitioned under
+        ZeRO-3), or takes an existing LLM / VQRAE (what `from_components` does)."""
+        super().__init__(config)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
+        self.vqrae = vqrae if vqrae is not None else VQRAE(config.vqrae_config)
+        self.projector = build_projector(config.projector_type, config.feature_dim, config.hidden_size)
+        # Not weights: the text side and the defaults, attached by from_pretrained / from_components.
+        self.processor: UnifiedProcessor | None = None
+        self.sampling_config = SamplingConfig(image_tokens=config.num_image_tokens)
         self._text_mask: torch.Tensor | None = None
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the projector is ours to initialise: the LLM and the VQRAE are PreTrainedModels that initialise
+        # themselves (or come pretrained). LLaVA-1.5's mlp2x_gelu projector keeps torch's nn.Linear init, so do we.
+        if isinstance(module, nn.Linear) and any(module is m for m in self.projector.modules()):
+            module.reset_parameters()
+
+    # ----- the text side -----
+    @property
+    def text_tokenizer(self):
+        if self.processor is None:
+            raise ValueError("this UnifiedModel has no processor (text tokenizer): load it with from_pretrained or "
+                             "build it with from_components")
+        return self.processor.tokenizer
+
+    def attach_processor(self, processor: UnifiedProcessor) -> None:
+        self.processor = processor
+        self._text_mask = None
 
     # ----- building, saving, loading -----
     @classmethod
@@ -65,7 +97,7 @@ class UnifiedModel(nn.Module):
         llm,
         text_tokenizer,
         vqrae: VQRAE,
-        template: str = "chatml",
+        template: str = "auto",
         projector_type: str = "mlp2x_gelu",
         code_init: str = "projector",
         **config_kwargs,
@@ -73,7 +105,16 @@ class UnifiedModel(nn.Module):
         """A new unified model: extends the vocabulary, builds the projector, initialises the code embeddings."""
         hidden = llm.get_input_embeddings().weight.shape[1]
         grid = list(vqrae.grid_size)
+        from . import templates
+
+        ids = extend_vocabulary(llm, text_tokenizer, templates.resolve_template(template, text_tokenizer),
+                                vqrae.config.codebook_size)
         config = UnifiedConfig(
+            # A composite config sets its attention implementation on every sub-config, and text_config IS the
+            # LLM's config object: hand it the LLM's own, rather than let it be reset.
+            attn_implementation={"text_config": llm.config._attn_implementation},
+            text_config=llm.config,
+            vqrae_config=vqrae.config,
             template=template,
             projector_type=projector_type,
             feature_dim=vqrae.feature_dim,
@@ -81,15 +122,13 @@ class UnifiedModel(nn.Module):
             num_image_features=grid[0] * grid[1],
             grid_size=grid,
             code_init=code_init,
+            **ids,
             **config_kwargs,
         )
-        ids = extend_vocabulary(llm, text_tokenizer, get_template(template), vqrae.config.codebook_size)
-        for k, v in ids.items():
-            setattr(config, k, v)
-        projector = build_projector(projector_type, vqrae.feature_dim, hidden)
+        model = cls(config, llm=llm, vqrae=vqrae)
         weight = llm.get_input_embeddings().weight
-        projector.to(device=weight.device, dtype=weight.dtype)
-        model = cls(config, llm, text_tokenizer, vqrae, projector)
+        model.projector.to(device=weight.device, dtype=weight.dtype)
+        model.attach_processor(UnifiedProcessor.from_model_config(text_tokenizer, config, vqrae.image_size))
         model.init_code_embeddings(code_init)
         return model
 
@@ -102,59 +141,48 @@ class UnifiedModel(nn.Module):
         device_map: str | dict | None = None,
         **kwargs,
     ) -> UnifiedModel:
-        """Build from a pretrained LLM (local path or hub id) and a VQRAE (instance or folder)."""
+        """Build from a pretrained LLM (local path or hub id) and a VQRAE (instance, folder or hub id)."""
         tok = AutoTokenizer.from_pretrained(llm_name_or_path)
         llm = AutoModelForCausalLM.from_pretrained(
             llm_name_or_path, dtype=dtype or "auto", device_map=device_map,
             attn_implementation=default_attn_implementation(),
         )
-        if isinstance(vqrae, (str, Path)):
-            vqrae = VQRAE.from_pretrained(vqrae)
+        if not isinstance(vqrae, VQRAE):
+            from vqrae.tokenizer import load_vqrae
+
+            vqrae = load_vqrae(vqrae)
         return cls.from_components(llm, tok, vqrae, **kwargs)
 
-    def save_pretrained(self, save_directory: str | Path) -> None:
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self.llm.save_pretrained(out / "llm")
-        self.text_tokenizer.save_pretrained(out / "llm")
-        self.vqrae.save_pretrained(out / "vqrae")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.projector.state_dict().items()}
-        save_file(state, str(out / PROJECTOR_NAME))
-        self.config.save_pretrained(out)
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """The weights and config (transformers), then the processor and the sampling defaults beside them."""
+        super().save_pretrained(save_directory, **kwargs)
+        if kwargs.get("is_main_process", True):
+            if self.processor is not None:
+                self.processor.save_pretrained(save_directory)
+            self.sampling_config.save_pretrained(save_directory)
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: str | dict | None = None,
-    ) -> UnifiedModel:
-        """Load a folder written by `save_pretrained`. `device_map="auto"` spreads (and offloads) the LLM with
-        accelerate; the VQRAE and projector then sit on the device of the LLM's input embeddings."""
-        root = Path(path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"model folder not found: {root}")
-        for rel in (CONFIG_NAME, "llm/config.json", "vqrae/config.json", PROJECTOR_NAME):
-            if not (root / rel).is_file():
-                raise FileNotFoundError(f"model folder {root} is missing {rel}")
-        config = UnifiedConfig.from_pretrained(root)
-        tok = AutoTokenizer.from_pretrained(root / "llm")
-        llm = AutoModelForCausalLM.from_pretrained(
-            root / "llm", dtype=dtype or "auto", device_map=device_map,
-            attn_implementation=default_attn_implementation(device),
-        )
-        vq = VQRAE.from_pretrained(root / "vqrae")
-        projector = build_projector(config.projector_type, config.feature_dim, config.hidden_size)
-        projector.load_state_dict(load_file(str(root / PROJECTOR_NAME)))
-        model = cls(config, llm, tok, vq, projector)
-        if device_map is None and device is not None:
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args,
+                        device: str | torch.device | None = None, **kwargs) -> UnifiedModel:
+        """A folder written by `save_pretrained`, or a hub id; the usual transformers keyword arguments (`dtype`,
+        `device_map`, `attn_implementation`, ...). `device` moves the whole model there after loading; with
+        `device_map` (e.g. "auto"), accelerate places the parts instead."""
+        source = check_model_source(pretrained_model_name_or_path, UnifiedConfig.model_type, "unified model")
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs["dtype"] = "auto"
+        # The attention kernel is the LLM's choice only (the VQRAE's ViTs use SDPA through their own code).
+        impl = kwargs.pop("attn_implementation", None) or default_attn_implementation(device)
+        kwargs["attn_implementation"] = impl if isinstance(impl, dict) else {"text_config": impl}
+        model = super().from_pretrained(source, *model_args, **kwargs)
+        processor = UnifiedProcessor.from_pretrained(source)
+        processor.config = model.config  # one config object for model and processor, as from_components builds
+        model.attach_processor(processor)
+        model.sampling_config = SamplingConfig.from_pretrained(source) or model.sampling_config
+        if model.sampling_config.image_tokens not in (0, model.config.num_image_tokens):
+            raise ValueError(f"{source}: sampling_config.json says {model.sampling_config.image_tokens} image tokens, "
+                             f"the model draws {model.config.num_image_tokens}")
+        if device is not None and kwargs.get("device_map") is None:
             model.to(device)
-        else:
-            target = llm.get_input_embeddings().weight.device
-            vq.to(target)
-            projector.to(target)
-        projector.to(dtype=llm.get_input_embeddings().weight.dtype)
         return model.eval()
 
     @torch.no_grad()
@@ -273,3 +301,7 @@ class UnifiedModel(nn.Module):
     def generate_images(self, prompts: str | Sequence[str], **kwargs):
         """See `unified_model.generation.generate_images`."""
         return generate_images(self, [prompts] if isinstance(prompts, str) else list(prompts), **kwargs)
+
+
+AutoConfig.register(UnifiedConfig.model_type, UnifiedConfig, exist_ok=True)
+AutoModel.register(UnifiedConfig, UnifiedModel, exist_ok=True)

@@ -1,43 +1,169 @@
-"""Text side of the unified model: conversations and text-to-image prompts -> token ids (+ target masks).
+"""UnifiedProcessor: the unified model's Hugging Face processor (a `ProcessorMixin`: text tokenizer + image processor).
+
+    proc = UnifiedProcessor.from_pretrained(folder)          # or AutoProcessor.from_pretrained(folder) after `import vqrae`
+    prompt = proc.apply_chat_template([{"role": "user", "content": "<image>\\nWhat is this?"}], add_generation_prompt=True)
+    batch = proc(text=prompt, images=[img], return_tensors="pt")   # input_ids, attention_mask, pixel_values
 
 One place tokenizes for training (the collator) and inference (chat, the sampler), so both see the same ids:
-- a conversation is rendered by its template as segments, each segment tokenized on its own, and every `<image>`
+- a conversation is rendered by its template (`templates.resolve_template`: the LLM tokenizer's own chat template
+  by default, a registry template otherwise) as segments, each segment tokenized on its own, and every `<image>`
   expanded to N copies of the image token id (the slots the projected features fill);
 - a text-to-image request is the template's user turn with the `t2i_prompt`, then the assistant prefix and `<boi>`;
-  the unconditional variant (classifier-free guidance) replaces the caption as `UnifiedConfig.uncond` says.
+  the unconditional variant (classifier-free guidance) replaces the caption as `uncond` says.
+
+The processor carries the settings it needs from the model's `UnifiedConfig` (`processor.config`: template, ids,
+grid, codebook) as its own init kwargs, so a processor folder works without the model: `save_pretrained` writes
+`processor_config.json` (those settings), the tokenizer files, `chat_template.jinja` and `preprocessor_config.json`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
-
-from vqrae.data.images import image_to_tensor, load_image
+from transformers import AutoProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
 
 from .configuration import UnifiedConfig
-from .templates import get_template
-from .vocab import IMAGE_TOKEN, UNCOND_TOKEN
+from .image_processing import VQRAEImageProcessor, flatten_images, image_to_pixels
+from .templates import AUTO, AUTO_FALLBACK, has_chat_template, resolve_template
+from .vocab import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, UNCOND_TOKEN
 
-ImageInput = Image.Image | str | os.PathLike | torch.Tensor
+ImageInput = Image.Image | str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
 _CAPTION_MARK = "\x00caption\x00"  # splits the rendered t2i prompt around the caption; never in real text
+_PADDING = (False, True, "longest", "max_length", "do_not_pad")
 
 
-class UnifiedProcessor:
-    def __init__(self, tokenizer, config: UnifiedConfig, image_size: int):
-        self.tokenizer = tokenizer
-        self.config = config
-        self.template = get_template(config.template)
-        self.image_size = image_size
+# The UnifiedConfig fields the processor needs, saved in processor_config.json (its init kwargs).
+_SETTINGS = ("template", "num_image_features", "grid_size", "codebook_size", "code_offset", "image_token_id",
+             "boi_token_id", "eoi_token_id", "uncond_token_id", "pad_token_id", "t2i_prompt", "uncond")
+
+
+class UnifiedProcessor(ProcessorMixin):
+    r"""
+    Args:
+        image_processor: a `VQRAEImageProcessor` (its `size` is the VQRAE's input resolution).
+        tokenizer: the LLM's text tokenizer, with the image specials added (`vocab.extend_vocabulary`).
+        chat_template: the jinja chat template `apply_chat_template` renders; default: the tokenizer's own when the
+            conversation template is derived from it, else the conversation template as jinja (`to_jinja`).
+        template: conversation template name (`"auto"`: the tokenizer's chat template, or `plain` without one).
+        num_image_features: N, how many image-slot ids one `<image>` expands to.
+        grid_size, codebook_size, code_offset: the code grid (h, w), K, and the LLM id of code 0.
+        image_token_id, boi_token_id, eoi_token_id, uncond_token_id, pad_token_id: the special ids (-1: looked up
+            in the tokenizer by the tokens' names).
+        t2i_prompt: the user turn of a text-to-image request (`{caption}` is replaced by the caption).
+        uncond: the CFG unconditional prompt: `"empty"`, `"pad"` or `"learned"`.
+
+    `processor.config` holds those settings (a `UnifiedConfig` of its own; for a processor built by
+    `from_model_config`, the model's `UnifiedConfig` itself, so the two never disagree); `settings()` is what `save_pretrained` writes.
+    """
+
+    image_token = IMAGE_TOKEN
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        template: str = AUTO,
+        num_image_features: int = 0,
+        grid_size: Sequence[int] = (0, 0),
+        codebook_size: int = 0,
+        code_offset: int = 0,
+        image_token_id: int = -1,
+        boi_token_id: int = -1,
+        eoi_token_id: int = -1,
+        uncond_token_id: int = -1,
+        pad_token_id: int = -1,
+        t2i_prompt: str = "Generate an image of: {caption}",
+        uncond: str = "empty",
+    ):
+        if image_processor is None or tokenizer is None:
+            raise ValueError("UnifiedProcessor needs an image_processor and a tokenizer")
+        grid = [int(x) for x in grid_size]  # uncond, t2i_prompt and grid_size are checked by UnifiedConfig
+
+        def lookup(given: int, token: str) -> int:
+            if given is not None and given >= 0:
+                return int(given)
+            tid = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
+            return -1 if tid is None else int(tid)
+
+        if template == AUTO and not has_chat_template(tokenizer):
+            template = AUTO_FALLBACK  # what "auto" means without a chat template; saved as such
+        # A settings-only UnifiedConfig (no model behind it): one definition of the fields and their properties.
+        self.config = UnifiedConfig(
+            template=template,
+            num_image_features=int(num_image_features),
+            grid_size=grid,
+            codebook_size=int(codebook_size),
+            code_offset=int(code_offset),
+            image_token_id=lookup(image_token_id, IMAGE_TOKEN),
+            boi_token_id=lookup(boi_token_id, BOI_TOKEN),
+            eoi_token_id=lookup(eoi_token_id, EOI_TOKEN),
+            uncond_token_id=lookup(uncond_token_id, UNCOND_TOKEN),
+            pad_token_id=(int(pad_token_id) if pad_token_id is not None and pad_token_id >= 0
+                          else (-1 if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id))),
+            t2i_prompt=t2i_prompt,
+            uncond=uncond,
+        )
+        self._template_name = template
+        self.template = resolve_template(template, tokenizer)
+        if chat_template is None:
+            derived = template == AUTO
+            chat_template = tokenizer.chat_template if derived else self.template.to_jinja()
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
         eos = tokenizer.eos_token or ""
         self.eos = eos
-        self.stop_token_ids = sorted(
-            {tokenizer.convert_tokens_to_ids(self.template.stop_string(eos))}
-            | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-        )
+        stop = self.template.stop_string(eos)
+        stop_ids = self.tokenize(stop)
+        if stop and len(stop_ids) != 1:
+            raise ValueError(f"template {self.template.name!r}: its stop string {stop!r} is not a single token of the "
+                             f"text tokenizer (extend the vocabulary first: unified_model.vocab.extend_vocabulary)")
+        self.stop_token_ids = sorted(set(stop_ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None
+                                                       else set()))
+
+    # ----- building, saving -----
+    @classmethod
+    def from_model_config(cls, tokenizer, config: UnifiedConfig, image_size: int, **kwargs) -> UnifiedProcessor:
+        """The processor of a unified model: its text tokenizer, its `UnifiedConfig` (ids filled in) and the VQRAE's
+        input size. `kwargs` go to the constructor (e.g. `chat_template`)."""
+        settings = {name: getattr(config, name) for name in _SETTINGS if getattr(config, name, None) is not None}
+        proc = cls(VQRAEImageProcessor(size=int(image_size)), tokenizer, **settings, **kwargs)
+        proc.config = config  # one source of truth inside a model: the model's config is the processor's
+        return proc
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the processor saves (its init kwargs): `config`'s values, the template by the name it
+        resolved to ("auto" stays "auto" when derived from the tokenizer's chat template, else the registry name)."""
+        out = {name: getattr(self.config, name) for name in _SETTINGS}
+        out["grid_size"] = [int(x) for x in out["grid_size"]]
+        out["template"] = self._template_name
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out.update(self.settings())  # `template` as its name, not the object
+        return out
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """processor_config.json (settings + image processor), tokenizer files, chat_template.jinja, and the image
+        processor's own preprocessor_config.json (so `AutoImageProcessor` loads the folder too)."""
+        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        return [*files, *self.image_processor.save_pretrained(save_directory)]
+
+    @property
+    def image_size(self) -> int:
+        return self.image_processor.size
+
+    @property
+    def image_token_id(self) -> int:
+        return self.config.image_token_id
 
     # ----- text -----
     def tokenize(self, text: str) -> list[int]:
@@ -50,20 +176,25 @@ class UnifiedProcessor:
             return [self.tokenizer.bos_token_id]
         return []
 
+    def _expand(self, ids: list[int], target: bool, out_ids: list[int], out_target: list[bool]) -> None:
+        """Append `ids` to `out_ids`, each image token as N image-slot ids (never a target)."""
+        n, image_id = self.config.num_image_features, self.config.image_token_id
+        for tok in ids:
+            if tok == image_id:
+                out_ids.extend([image_id] * n)
+                out_target.extend([False] * n)
+            else:
+                out_ids.append(tok)
+                out_target.append(target)
+
     def encode_conversation(
         self, messages: Sequence[dict], add_generation_prompt: bool = False
     ) -> tuple[list[int], list[bool]]:
         """Messages -> (ids, is_target). Each `<image>` becomes N image-slot ids (never a target)."""
-        ids, target = self._bos(), [False] * len(self._bos())
-        n, image_id = self.config.num_image_features, self.config.image_token_id
+        ids = self._bos()
+        target = [False] * len(ids)
         for text, is_target in self.template.segments(list(messages), add_generation_prompt, self.eos):
-            for tok in self.tokenize(text):
-                if tok == image_id:
-                    ids.extend([image_id] * n)
-                    target.extend([False] * n)
-                else:
-                    ids.append(tok)
-                    target.append(is_target)
+            self._expand(self.tokenize(text), is_target, ids, target)
         return ids, target
 
     @staticmethod
@@ -97,20 +228,116 @@ class UnifiedProcessor:
 
     # ----- images -----
     def image_tensor(self, image: ImageInput) -> torch.Tensor:
-        """A path, PIL image or (3, H, W) tensor in [0, 1] -> (3, S, S) at the tokenizer's input size."""
-        if isinstance(image, torch.Tensor):
-            if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
-            if tuple(image.shape[1:]) == (self.image_size, self.image_size):
-                return image.float()
-            image = torch.nn.functional.interpolate(image[None].float(), size=(self.image_size,) * 2,
-                                                    mode="bicubic", antialias=True, align_corners=False)
-            return image[0].clamp(0, 1)
-        if not isinstance(image, Image.Image):
-            image = load_image(image)
-        return image_to_tensor(image, self.image_size, crop="center")
+        """A path, encoded bytes, PIL image, numpy array or (3, H, W) tensor in [0, 1] -> (3, S, S) in [0, 1] at the
+        tokenizer's input size (the image processor's transform)."""
+        return image_to_pixels(image, self.image_size)
 
     def pixel_values(self, images: Sequence[ImageInput]) -> torch.Tensor | None:
-        if not images:
+        if images is None or len(images) == 0:
             return None
         return torch.stack([self.image_tensor(im) for im in images])
+
+    # ----- the Hugging Face processor call -----
+    def __call__(
+        self,
+        images=None,
+        text: str | Sequence[str] | None = None,
+        videos=None,
+        audio=None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = False,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        add_special_tokens: bool = True,
+        return_attention_mask: bool = True,
+        truncation: bool | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Texts (already rendered prompts, e.g. by `apply_chat_template`) and their images -> a BatchFeature with
+        `input_ids`, `attention_mask` and `pixel_values` (M, 3, S, S), the images in reading order.
+
+        Each `<image>` in a text becomes N image-slot ids, exactly as `encode_conversation` expands it; there must be
+        one image per `<image>` (images: a flat list over the batch, or one list per text). `add_special_tokens`
+        prepends BOS when the template wants one. `padding` (`True`/"longest", "max_length" with `max_length`) pads
+        with the pad id on the tokenizer's `padding_side`; nothing is truncated (that could cut an image).
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("UnifiedProcessor takes text and images only")
+        if truncation:
+            raise ValueError("UnifiedProcessor does not truncate (it could cut an image's slots); shorten the text")
+        unknown = set(kwargs) - {"return_token_type_ids", "verbose", "return_mm_token_type_ids"}
+        if unknown:
+            raise TypeError(f"UnifiedProcessor.__call__ got unexpected keyword argument(s) {sorted(unknown)}")
+        if padding not in _PADDING:
+            raise ValueError(f"padding must be one of {_PADDING}, got {padding!r}")
+        flat_images = flatten_images(images)
+        if text is None and not flat_images:
+            raise ValueError("UnifiedProcessor needs text and/or images")
+        data: dict[str, Any] = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("text must be a string or a list of strings")
+            n_slots = sum(t.count(IMAGE_TOKEN) for t in texts)
+            if n_slots != len(flat_images):
+                raise ValueError(f"the text has {n_slots} {IMAGE_TOKEN} placeholder(s) but {len(flat_images)} "
+                                 f"image(s) were given")
+            if n_slots and self.config.image_token_id < 0:
+                raise ValueError(f"the tokenizer has no {IMAGE_TOKEN} token (extend the vocabulary first)")
+            rows = [self._encode_text(t, add_special_tokens) for t in texts]
+            data.update(self._pad(rows, padding, max_length, pad_to_multiple_of, padding_side,
+                                  return_attention_mask, return_tensors))
+        if flat_images:
+            data["pixel_values"] = self.pixel_values(flat_images)
+            if return_tensors == "np":
+                data["pixel_values"] = data["pixel_values"].numpy()
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def _encode_text(self, text: str, add_special_tokens: bool) -> list[int]:
+        bos = self.tokenizer.bos_token
+        ids = self._bos() if add_special_tokens and not (bos and text.startswith(bos)) else []
+        self._expand(self.tokenize(text), False, ids, [])
+        return ids
+
+    def _pad(self, rows: list[list[int]], padding, max_length, pad_to_multiple_of, padding_side,
+             return_attention_mask: bool, return_tensors) -> dict[str, list[list[int]]]:
+        longest = max(len(r) for r in rows)
+        if padding in (True, "longest"):
+            target = longest
+        elif padding == "max_length":
+            if max_length is None:
+                raise ValueError("padding='max_length' needs max_length")
+            if longest > max_length:
+                raise ValueError(f"a text is {longest} tokens long, more than max_length={max_length}")
+            target = max_length
+        else:
+            target = None
+            if return_tensors is not None and len({len(r) for r in rows}) > 1:
+                raise ValueError("the texts tokenize to different lengths: pass padding=True to batch them")
+        if target is not None and pad_to_multiple_of:
+            target = -(-target // pad_to_multiple_of) * pad_to_multiple_of
+        side = padding_side or getattr(self.tokenizer, "padding_side", "right")
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        pad_id = self.config.pad_token_id
+        input_ids, masks = [], []
+        for r in rows:
+            n = 0 if target is None else target - len(r)
+            if n and pad_id < 0:
+                raise ValueError("padding needs a pad token: the tokenizer has none")
+            fill, ones = [pad_id] * n, [1] * len(r)
+            input_ids.append(fill + r if side == "left" else r + fill)
+            masks.append([0] * n + ones if side == "left" else ones + [0] * n)
+        out = {"input_ids": input_ids}
+        if return_attention_mask:
+            out["attention_mask"] = masks
+        return out
+
+
+# `AutoProcessor` finds the class from a model folder (config.json of model_type "vqrae_unified") and, by the
+# `processor_class` name in processor_config.json, from a processor folder without config.json (names are looked up
+# among registered classes).
+AutoProcessor.register(UnifiedConfig, UnifiedProcessor, exist_ok=True)
+
+__all__ = ["ImageInput", "UnifiedProcessor", "VQRAEImageProcessor"]

@@ -16,11 +16,14 @@ import torch
 from tokenizers import AddedToken
 from torch import nn
 
+from vqrae.data.records import (
+    IMAGE_TOKEN,  # the records' placeholder is the vocabulary's token (kept importable here)
+)
+
 from .templates import ConversationTemplate
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 BOI_TOKEN = "<boi>"
 EOI_TOKEN = "<eoi>"
 UNCOND_TOKEN = "<uncond>"

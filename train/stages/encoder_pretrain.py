@@ -90,20 +90,25 @@ class EncoderPretrainStage(Stage):
         super().__init__(config)
         self._train = image_text_dataset(config.data, config.data_num, config.image_size, "train", config.seed)
         self._val = image_text_dataset(config.val_data, config.val_num, config.image_size, "val", config.seed)
-        self.text_tokenizer = self._load_or_train_tokenizer()
+        self.text_tokenizer = None  # made in build_model: once the processes are up, by the main one only
 
     def _load_or_train_tokenizer(self):
         from transformers import AutoTokenizer
 
         from vqrae.data.text_tokenizer import train_text_tokenizer
 
+        from .. import distributed
+
         folder = Path(self.config.output_dir) / "text_tokenizer"
-        if (folder / "tokenizer.json").is_file():  # a resumed run keeps the vocabulary its weights were trained on
-            tok = AutoTokenizer.from_pretrained(str(folder))
-        else:
+        tok = None
+        main = not distributed.is_initialized() or torch.distributed.get_rank() == 0
+        if main and not (folder / "tokenizer.json").is_file():  # one process trains and writes it, the others wait
             n = min(self.config.tokenizer_corpus, len(self._train))
             texts = [t for i in range(n) for t in corpus_of(self._train[i])]
             tok = train_text_tokenizer(texts, folder, vocab_size=self.config.vocab_size)
+        distributed.barrier()
+        if tok is None:  # a resumed run keeps the vocabulary its weights were trained on
+            tok = AutoTokenizer.from_pretrained(str(folder))
         tok.padding_side = "right"  # SigLIP pools the last position: pad after the text, to a fixed length
         return tok
 
@@ -111,6 +116,7 @@ class EncoderPretrainStage(Stage):
         from transformers import SiglipConfig, SiglipModel
 
         c = self.config
+        self.text_tokenizer = self._load_or_train_tokenizer()
         vision = dict(hidden_size=c.width, intermediate_size=4 * c.width, num_hidden_layers=c.depth,
                       num_attention_heads=c.heads, image_size=c.image_size, patch_size=c.patch_size)
         text = dict(vocab_size=len(self.text_tokenizer), hidden_size=c.width, intermediate_size=4 * c.width,
