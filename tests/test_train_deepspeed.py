@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vqrae.tokenizer.testing import save_tiny_siglip
+from vqrae.unified_model.testing import tiny_llm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,13 +28,14 @@ def test_zero_two_processes_export_and_exact_resume(tmp_path, ds_config, zero_st
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "train_ds_worker.py"), ds_config, str(tmp_path)]
     save_tiny_siglip(tmp_path / "encoder")  # the worker also trains a tokenizer stage on it
+    tiny_llm(64).save_pretrained(tmp_path / "llm")  # ... and a stage that loads an LLM with partitioned_init
     proc = subprocess.run(cmd, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     # The same weights in both processes: right after deepspeed.initialize, and after training. The tokenizer's
     # codebook is a buffer, which DeepSpeed does not broadcast: the stage must build it the same everywhere.
     ranks = [json.loads((tmp_path / f"checksums-rank{r}.json").read_text()) for r in (0, 1)]
-    assert set(ranks[0]) == {"toy", "toy-resumed", "tokenizer"}
+    assert set(ranks[0]) == {"toy", "toy-resumed", "tokenizer", "llm"}
     assert set(ranks[0]["tokenizer"]) == {"start", "end"} and "vq.quantizer.codebook" in ranks[0]["tokenizer"]["start"]
     for run, phases in ranks[0].items():
         for phase, digests in phases.items():
@@ -44,6 +46,8 @@ def test_zero_two_processes_export_and_exact_resume(tmp_path, ds_config, zero_st
     assert result["zero_stage"] == zero_stage and result["world_size"] == 2
     if zero_stage == 3:
         assert result["partitioned"], "ZeRO-3 should have sharded the parameters"
+    # a stage with partitioned_init loads its LLM already split under ZeRO-3 (whole below it)
+    assert result["llm_partitioned_at_build"] is (zero_stage == 3)
     assert result["export_keys_match"]  # frozen weights and buffers included
     assert result["export_max_diff"] == 0.0
     full, resumed = result["losses_full"], result["losses_resumed"]

@@ -2,7 +2,8 @@
 config, that (1) the exported final weights equal the parameters gathered from every process, (2) a run
 that crashes after a checkpoint and is resumed logs the same losses as an uninterrupted run, and (3) when
 OUT_DIR/encoder holds a tiny SigLIP, that a tokenizer stage-1 run starts and ends with every parameter and buffer
-(the frozen codebook included) equal in both processes.
+(the frozen codebook included) equal in both processes, and (4) when OUT_DIR/llm holds a tiny causal LM, that a
+stage with `partitioned_init` gets it partitioned at build time under ZeRO-3.
 
     torchrun --nproc_per_node 2 tests/train_ds_worker.py zero3 OUT_DIR [KEY=VALUE ...]
 Writes OUT_DIR/result.json (main process) with what the test asserts, and OUT_DIR/checksums-rankR.json (every
@@ -49,6 +50,33 @@ def _recording_init(self, *args, **kwargs):
 
 
 DeepSpeedBackend.__init__ = _recording_init
+
+
+class LLMStage(ToyStage):
+    """Fine-tunes a tiny pretrained causal LM on token ids derived from the toy data (only its loss matters)."""
+
+    name = "toy-llm"
+    partitioned_init = True
+    partitioned_at_build: bool | None = None
+
+    def build_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        from vqrae.train.zero3 import is_partitioned
+
+        llm = AutoModelForCausalLM.from_pretrained(Path(self.config.output_dir).parent / "llm")
+        LLMStage.partitioned_at_build = all(is_partitioned(p) for p in llm.parameters())
+        return llm
+
+    def param_groups(self, module):
+        return [{"params": [p for p in module.parameters() if p.requires_grad], "name": "llm"}]
+
+    def loss(self, model, batch, step):
+        ids = (batch["x"].abs() * 10).long().clamp_max(63)
+        return model(input_ids=ids, labels=ids).loss, {}
+
+    def evaluate(self, model, step):
+        return {}
 
 
 def config(out: Path, ds: str, *extra: str) -> ToyConfig:
@@ -104,6 +132,14 @@ def main() -> None:
         tok_engine = Engine(TokenizerStage1(tok_cfg))
         tok_engine.run()
         CHECKSUMS["tokenizer"]["end"] = digests(tok_engine.backend.module)
+    # (4) a stage that asks for partitioned_init loads a pretrained LLM inside build_model (OUT_DIR/llm, written by
+    # the test): under ZeRO-3 it must already be partitioned when build_model returns, before DeepSpeed sees it.
+    if (root / "llm").is_dir():
+        _RUN[0] = "llm"
+        engine = Engine(LLMStage(config(root / "llm-run", ds, "max_steps=1", "save_every=0")))
+        engine.run()
+        if rank == 0:
+            result["llm_partitioned_at_build"] = LLMStage.partitioned_at_build
     (root / f"checksums-rank{rank}.json").write_text(json.dumps(CHECKSUMS))
     distributed.barrier()
     if rank == 0:

@@ -29,12 +29,13 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .backends import DeepSpeedBackend, PlainBackend
+from .backends import DeepSpeedBackend, PlainBackend, fill_ds_config, load_ds_config
 from .checkpoint import CheckpointManager, load_rng, read_json, rng_state, save_rng, set_rng_state, write_json
 from .config import TrainConfig, config_to_dict, save_config
 from .data import check_dataset, micro_batches
 from .metrics import MetricsLog, plot_loss_curve
 from .stage import Stage, check_param_groups
+from .zero3 import partitioned_init
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ class Engine:
             save_config(cfg, self.out / "config.yaml")
         distributed.barrier()
 
+    def _ds_config(self) -> dict | None:
+        """The filled DeepSpeed config the backend will run with (None without DeepSpeed)."""
+        if not self.cfg.deepspeed:
+            return None
+        return fill_ds_config(*load_ds_config(self.cfg.deepspeed), self.cfg, self.bf16)
+
     def _device(self) -> torch.device:
         if self.cfg.deepspeed:
             from deepspeed.accelerator import get_accelerator
@@ -153,7 +160,10 @@ class Engine:
         # The model is built only now, after seeding: `seed` fixes the initial weights, and every process draws the
         # same ones (torch's initial seed differs per process). Stages build nothing random in __init__.
         seed_everything(cfg.seed)
-        module = stage.build_model()
+        # A stage that loads a large pretrained model asks for it to be built partitioned under ZeRO-3 (transformers
+        # inside deepspeed.zero.Init), instead of whole on every process before DeepSpeed splits it.
+        with partitioned_init(self._ds_config() if stage.partitioned_init else None):
+            module = stage.build_model()
         groups = stage.param_groups(module)
         check_param_groups(module, groups)
         self.group_names = [str(g.get("name", f"group{i}")) for i, g in enumerate(groups)]

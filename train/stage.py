@@ -44,6 +44,10 @@ class Stage:
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
+    # True: under ZeRO-3, build_model runs inside `zero3.partitioned_init`, so models it loads with transformers
+    # (a pretrained LLM) are partitioned as they are created. Stages that copy or edit weights while building (the
+    # tokenizer stages deep-copy the encoder as the stage-2 teacher) keep the default.
+    partitioned_init: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig):
         if not isinstance(config, self.config_class):
