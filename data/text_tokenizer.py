@@ -1,16 +1,15 @@
-"""A SentencePiece text tokenizer trained on a corpus, wrapped as a Hugging Face tokenizer.
+"""A BPE text tokenizer trained on a corpus, as a Hugging Face fast tokenizer.
 
-Used by ShapesWorld's from-scratch models: the stage-0 SigLIP text tower and, later, the from-scratch LLM. The
-trained `tokenizer.model` is loaded through `LlamaTokenizer.from_pretrained(folder)`, which converts it to a fast
-tokenizer (transformers 5 ignores `vocab_file=` on the constructor); the folder then holds an ordinary
-`tokenizer.json` that `AutoTokenizer.from_pretrained` reads with nothing else.
+Used by ShapesWorld's from-scratch models: the stage-0 SigLIP text tower and, later, the from-scratch LLM. It is a
+SentencePiece-style BPE (a `▁` marks word starts, so decoding restores the spaces) trained with the `tokenizers`
+library itself: no `sentencepiece` model and no protobuf conversion in between. (Converting a SentencePiece model
+needs protobuf >= 7 with sentencepiece 0.2.3, which lmms-eval's pinned wandb forbids; the `eval` extra would break
+stage 0.) The folder holds an ordinary `tokenizer.json` that `AutoTokenizer.from_pretrained` reads.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,29 +20,30 @@ SPECIALS = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>"}
 
 def train_text_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 1000,
                          extra_special_tokens: tuple[str, ...] = ("<image>",)):
-    """Train a BPE SentencePiece model on `texts`, save it as a Hugging Face tokenizer in `out_dir`, return it.
+    """Train a BPE tokenizer on `texts`, save it as a Hugging Face tokenizer in `out_dir`, return it.
 
     Ids: 0 <pad>, 1 <unk>, 2 <s>, 3 </s>, then `extra_special_tokens` (never split), then the learned pieces.
-    `vocab_size` is an upper bound: a small corpus yields fewer pieces rather than an error.
+    `vocab_size` is an upper bound: a small corpus yields fewer pieces rather than an error. No BOS/EOS is added
+    when encoding (ask for them explicitly), as with the SentencePiece models this replaces.
     """
-    import sentencepiece as spm
-    from transformers import LlamaTokenizer
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
 
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("cannot train a text tokenizer on an empty corpus")
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=2, eos_id=3, hard_vocab_limit=False,
-        user_defined_symbols=list(extra_special_tokens), minloglevel=2, num_threads=2,
+    specials = [SPECIALS["pad"], SPECIALS["unk"], SPECIALS["bos"], SPECIALS["eos"], *extra_special_tokens]
+    bpe = SentencePieceBPETokenizer(unk_token=SPECIALS["unk"])
+    # Every printable ASCII character and the newline are pieces even when the corpus lacks them (chat templates
+    # put newlines between turns), so such text never turns into <unk>.
+    alphabet = [chr(c) for c in range(32, 127)] + ["\n"]
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet,
+                            show_progress=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, pad_token=SPECIALS["pad"], unk_token=SPECIALS["unk"],
+        bos_token=SPECIALS["bos"], eos_token=SPECIALS["eos"],
+        additional_special_tokens=list(extra_special_tokens),
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "tokenizer.model").write_bytes(model.getvalue())
-        tok = LlamaTokenizer.from_pretrained(tmp)
-    tok.pad_token = SPECIALS["pad"]
-    if extra_special_tokens:
-        tok.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
     tok.save_pretrained(str(out_dir))
     logger.info("text tokenizer: %d tokens, saved to %s", len(tok), out_dir)
     return tok
