@@ -17,8 +17,9 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,21 +54,25 @@ def noun_phrase(name: str, count: int = 1, color: str | None = None) -> str:
     return f"{NUMBER_WORDS.get(count, str(count))} {plural(words)}"
 
 
-def _relation_masks(a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
-    """The official rule, vectorised over broadcast boxes (..., 4): relation -> bool array."""
+def _relation_masks(a: np.ndarray, b: np.ndarray, threshold: float = POSITION_THRESHOLD) -> dict[str, np.ndarray]:
+    """The official rule, vectorised over broadcast boxes (..., 4): relation -> bool array. Centre offset minus
+    `threshold` * (summed box sizes) per axis; no relation when both shrunk offsets are ~0 (< 1e-3); otherwise a
+    relation holds when its axis's shrunk offset, divided by the full offset's length, is beyond 0.5 (so a
+    diagonal offset can give two relations, e.g. left of and above)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     off = (a[..., :2] + a[..., 2:4] - b[..., :2] - b[..., 2:4]) / 2
     dims = (a[..., 2:4] - a[..., :2]) + (b[..., 2:4] - b[..., :2])
-    revised = np.maximum(np.abs(off) - POSITION_THRESHOLD * dims, 0) * np.sign(off)
+    revised = np.maximum(np.abs(off) - threshold * dims, 0) * np.sign(off)
     some = ~np.all(np.abs(revised) < 1e-3, axis=-1)
     d = revised / np.maximum(np.linalg.norm(off, axis=-1, keepdims=True), 1e-12)
     return {"left of": some & (d[..., 0] < -0.5), "right of": some & (d[..., 0] > 0.5),
             "above": some & (d[..., 1] < -0.5), "below": some & (d[..., 1] > 0.5)}
 
 
-def relative_position(box_a: Sequence[float], box_b: Sequence[float]) -> set[str]:
+def relative_position(box_a: Sequence[float], box_b: Sequence[float],
+                      threshold: float = POSITION_THRESHOLD) -> set[str]:
     """Relations of box A to box B (xyxy, image coordinates, y down), by the official GenEval rule."""
-    return {rel for rel, m in _relation_masks(box_a[:4], box_b[:4]).items() if m}
+    return {rel for rel, m in _relation_masks(box_a[:4], box_b[:4], threshold).items() if m}
 
 
 # Every box edge moved by -1 or +1 (the corners of the error hypercube), plus no error at all.
@@ -151,13 +156,18 @@ def validate_geneval_record(rec: object, where: str = "record") -> None:
         raise bad("tag position needs include[1].position")
 
 
-def geneval_check(record: dict, objects: Sequence[dict]) -> tuple[bool, str]:
-    """Official GenEval correctness of one image: `objects` are `{"class", "color", "box"}` in confidence order."""
-    by_class: dict[str, list[dict]] = {}
-    for obj in objects:
-        by_class.setdefault(obj["class"], []).append(obj)
+def check_clauses(record: dict, by_class: dict[str, list], box_of: Callable[[Any], Sequence[float]],
+                  colors_of: Callable[[str, list], list[str]],
+                  position_threshold: float = POSITION_THRESHOLD) -> tuple[bool, list[str]]:
+    """The official GenEval judgement (djghosh13/geneval `evaluate`) over any object type.
+
+    `by_class[name]` holds the kept objects of a class, most confident first. Include clauses are ANDed: clause k
+    takes the first `count` objects of its class (too few: fails); a colour clause needs all of them to have the
+    colour (`colors_of(name, objects)`, called only for those); a position clause needs every one of them in the
+    relation to every object matched by the clause it points at (fails if that clause failed). Exclude clauses are
+    ORed: one fails when the class has >= `count` objects. Returns (correct, reasons) with the official wording."""
     correct, reasons, groups = True, [], []
-    for req in record["include"]:
+    for req in record.get("include", []):
         name, count = req["class"], req["count"]
         found = by_class.get(name, [])[:count]
         matched = True
@@ -166,10 +176,12 @@ def geneval_check(record: dict, objects: Sequence[dict]) -> tuple[bool, str]:
             reasons.append(f"expected {name}>={count}, found {len(found)}")
         else:
             if "color" in req:
-                colors = [o.get("color") for o in found]
+                colors = list(colors_of(name, found))
                 if colors.count(req["color"]) < count:
                     matched = False
-                    reasons.append(f"expected {req['color']} {name}>={count}, found {colors}")
+                    seen = ", ".join(f"{colors.count(c)} {c}" for c in GENEVAL_COLORS if c in colors)
+                    reasons.append(f"expected {req['color']} {name}>={count}, found "
+                                   f"{colors.count(req['color'])} {req['color']}; and {seen}")
             if "position" in req and matched:
                 rel, target = req["position"]
                 if groups[target] is None:
@@ -177,16 +189,29 @@ def geneval_check(record: dict, objects: Sequence[dict]) -> tuple[bool, str]:
                     reasons.append(f"no target for {name} to be {rel}")
                 else:
                     for obj, tgt in itertools.product(found, groups[target]):
-                        if rel not in relative_position(obj["box"], tgt["box"]):
+                        rels = relative_position(box_of(obj), box_of(tgt), position_threshold)
+                        if rel not in rels:
                             matched = False
-                            reasons.append(f"expected {name} {rel} target")
+                            reasons.append(f"expected {name} {rel} target, found {' and '.join(sorted(rels))} target")
                             break
         correct &= matched
         groups.append(found if matched else None)
     for req in record.get("exclude", []):
-        if len(by_class.get(req["class"], [])) >= req["count"]:
+        n = len(by_class.get(req["class"], []))
+        if n >= req["count"]:
             correct = False
-            reasons.append(f"expected {req['class']}<{req['count']}")
+            reasons.append(f"expected {req['class']}<{req['count']}, found {n}")
+    return correct, reasons
+
+
+def geneval_check(record: dict, objects: Sequence[dict]) -> tuple[bool, str]:
+    """Official GenEval correctness of one image: `objects` are `{"class", "color", "box"}` in confidence order
+    (already thresholded; see `vqrae.eval.geneval` for the detector side)."""
+    by_class: dict[str, list[dict]] = {}
+    for obj in objects:
+        by_class.setdefault(obj["class"], []).append(obj)
+    correct, reasons = check_clauses(record, by_class, lambda o: o["box"],
+                                     lambda _name, objs: [o.get("color") for o in objs])
     return correct, "; ".join(reasons)
 
 

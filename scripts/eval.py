@@ -1,4 +1,4 @@
-"""`vqrae eval SUITE`: evaluation suites (reconstruction now; understanding and GenEval-style suites plug in here)."""
+"""`vqrae eval SUITE`: evaluation suites: reconstruction, geneval (text-to-image), understanding (lmms-eval)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluation suites (reconstruction, ...)",
+    p = sub.add_parser("eval", help="evaluation suites (reconstruction, geneval, understanding)",
                        description="Evaluation suites; each writes a JSON summary and prints its numbers.")
     suites = p.add_subparsers(dest="suite", metavar="SUITE", required=True)
     r = suites.add_parser(
@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu")
     r.add_argument("--out", default="runs/eval/reconstruction", help="output folder (default runs/eval/reconstruction)")
     r.set_defaults(func=run_reconstruction)
+    register_geneval(suites)
+    from vqrae.cli.eval_understanding import register_understanding
+
+    register_understanding(suites)
 
 
 def run_reconstruction(args: argparse.Namespace) -> int:
@@ -66,4 +70,112 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     for key, note in metrics.get("notes", {}).items():
         print(f"{key:>16}: {note}")
     print(f"wrote {out / 'summary.json'} and {out / 'grid.png'}")
+    return 0
+
+
+def register_geneval(suites: argparse._SubParsersAction) -> None:
+    g = suites.add_parser(
+        "geneval", help="GenEval-style text-to-image scoring (official rules, pluggable detector)",
+        description="Generate images for a GenEval prompt file into the official layout (OUT/00000/metadata.jsonl + "
+        "samples/0000.png ...; resumable) and score them with the official GenEval rules; or score a folder any "
+        "model wrote in that layout (--images); or measure the tokenizer ceiling on ShapesWorld renders "
+        "(--reconstruct). Writes results.jsonl (per image, with the reason it failed), summary.json, summary.md "
+        "and failures.png. ShapesWorld prompts are scored by a built-in detector; COCO prompts need local "
+        "Mask2Former and CLIP weights.")
+    mode = g.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--model", help="unified model folder: generate, then score")
+    mode.add_argument("--images", help="score only: a folder in the GenEval layout written by any model")
+    mode.add_argument("--reconstruct", metavar="TOKENIZER",
+                      help="VQRAE folder: score its reconstructions of ShapesWorld renders of the prompts against "
+                      "the renders (the tokenizer's ceiling)")
+    g.add_argument("--prompts", default=None, help="GenEval metadata JSONL: the official evaluation_metadata.jsonl "
+                   "(553 prompts, from the GenEval repository) or `vqrae data prompts` output (ShapesWorld); "
+                   "required with --model and --reconstruct")
+    g.add_argument("--out", default=None, help="output folder (default runs/eval/geneval; with --images: the "
+                   "results go next to the images)")
+    g.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    g.add_argument("--num-images", type=int, default=4, help="images per prompt (default 4)")
+    g.add_argument("--batch-size", type=int, default=8, help="images per forward batch (default 8)")
+    g.add_argument("--seed", type=int, default=0, help="image i of prompt p gets seed + p * num_images + i")
+    g.add_argument("--cfg-scale", type=float, default=None, help="default: the model's sampling_config")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--detector", choices=("auto", "shapes", "coco"), default="auto",
+                   help="auto: ShapesWorld detector when every prompt class is a shape, else COCO")
+    g.add_argument("--detector-weights", default=None, help="local Mask2Former/DETR checkpoint folder (COCO)")
+    g.add_argument("--clip-weights", default=None, help="local CLIP checkpoint folder (COCO colours)")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.set_defaults(func=run_geneval)
+
+
+def _geneval_prompts(args: argparse.Namespace, default: str | None) -> list[dict]:
+    from vqrae.cli import CLIError
+    from vqrae.data.geneval import read_geneval_metadata
+
+    path = args.prompts or default
+    if path is None:
+        raise CLIError("--prompts is required here (a GenEval metadata JSONL)")
+    records = read_geneval_metadata(path)
+    if args.limit is not None:
+        if args.limit <= 0:
+            raise CLIError(f"--limit must be positive, got {args.limit}")
+        records = records[: args.limit]
+    return records
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    for tag, v in summary["tags"].items():
+        print(f"{tag:>16}: {v['score']:.4f} ({v['correct']} / {v['images']})")
+    print(f"{'overall':>16}: {summary['overall']:.4f}")
+    print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}"
+          + (f" and {summary['failures_png']}" if summary.get("failures_png") else ""))
+
+
+def run_geneval(args: argparse.Namespace) -> int:
+    import time
+
+    from vqrae.cli import CLIError
+    from vqrae.eval.geneval.layout import generate_folder, read_image_folder
+    from vqrae.eval.geneval.suite import make_plugins, score_folder, tokenizer_ceiling
+
+    for name in ("num_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.images:
+        prompts, _ = read_image_folder(args.images)
+        detector, colors, kind = make_plugins(args.detector, [r for _, r, _ in prompts], args.detector_weights,
+                                              args.clip_weights, args.device)
+        out = Path(args.out or args.images)
+        _print_summary(score_folder(args.images, detector, colors, out=out), out)
+        return 0
+    out = Path(args.out or "runs/eval/geneval")
+    if args.reconstruct:
+        from vqrae.tokenizer import load_vqrae
+
+        records = _geneval_prompts(args, None)
+        vq = load_vqrae(args.reconstruct, args.device or "cpu")
+        c = tokenizer_ceiling(vq, records, out, args.num_images, args.seed, args.batch_size)
+        for tag, v in c["tags"].items():
+            print(f"{tag:>16}: renders {v['renders']:.4f}  reconstructions {v['reconstructions']:.4f}")
+        print(f"{'overall':>16}: renders {c['renders']:.4f}  reconstructions {c['reconstructions']:.4f}"
+              + (f"  (kept {c['kept']:.1%})" if c["kept"] is not None else ""))
+        print(f"wrote {out / 'ceiling.json'}, {out / 'ceiling.md'} and per-folder results under {out}")
+        return 0
+    from vqrae.cli.generate import load_model
+
+    records = _geneval_prompts(args, None)
+    detector, colors, kind = make_plugins(args.detector, records, args.detector_weights, args.clip_weights,
+                                          args.device)  # fail on missing weights before generating anything
+    args.device_map = None
+    model = load_model(args)
+    sampling = {k: v for k, v in (("cfg_scale", args.cfg_scale), ("temperature", args.temperature),
+                                  ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    t0 = time.perf_counter()
+    stats = generate_folder(model, records, out, args.num_images, args.batch_size, args.seed, sampling)
+    print(f"generated {stats['generated']} prompts ({stats['skipped']} already there) in {stats['seconds']:.1f} s"
+          + (f", {stats['seconds_per_prompt']:.3f} s/prompt" if stats["seconds_per_prompt"] else ""))
+    summary = score_folder(out, detector, colors)
+    print(f"scored with the {kind} detector in {time.perf_counter() - t0 - stats['seconds']:.1f} s")
+    _print_summary(summary, out)
     return 0

@@ -50,8 +50,20 @@ def test_wheel_holds_one_top_level_package_with_its_configs(installed):
                    "vqrae/configs/shapes-tiny/tokenizer-stage1.yaml", "vqrae/train/ds_configs/zero3.json"):
         assert needed in names, needed
     assert not any(n.startswith("vqrae/tests/") or n.endswith(".sh") and "cli" not in n for n in names)
+    # every Python module of the checkout's package folders is in the wheel (pyproject lists packages by hand)
+    folders = {"tokenizer": "tokenizer", "unified_model": "unified_model", "data": "data", "train": "train",
+               "eval": "eval", "scripts": "cli"}
+    for folder, part in folders.items():
+        for py in (REPO / folder).rglob("*.py"):
+            rel = py.relative_to(REPO / folder)
+            if "tasks" in rel.parts:  # lmms-eval task files ship as data, checked below
+                continue
+            assert f"vqrae/{part}/{rel.as_posix()}" in names, f"{py.relative_to(REPO)} is not in the wheel"
+    assert "vqrae/eval/lmms/tasks/shapesworld_vqa/shapesworld_vqa.yaml" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "vqrae = vqrae.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    entries = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "vqrae = vqrae.cli:main" in entries
+    assert "[lmms_eval.models]" in entries and "vqrae = vqrae.eval.lmms:manifest" in entries
     assert not any((target / g).exists() for g in GENERIC)
 
 
