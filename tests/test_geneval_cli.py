@@ -12,8 +12,11 @@ from vqrae.cli.cli import main
 from vqrae.data.geneval import TAGS, build_prompt_set, read_geneval_metadata, write_jsonl
 from vqrae.data.shapes import SHAPES
 
-# The official prompt set lives beside the checkout (../shared, read-only); never copied into the repository.
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "geneval" / "evaluation_metadata.jsonl"
+# The official prompt set lives in the workspace's read-only shared folder (beside the checkout, or at /work/shared
+# where CI clones elsewhere); never copied into the repository.
+_REL = Path("benchmarks") / "geneval" / "evaluation_metadata.jsonl"
+_CANDIDATES = [Path(__file__).resolve().parents[2] / "shared" / _REL, Path("/work/shared") / _REL]
+OFFICIAL = next((p for p in _CANDIDATES if p.is_file()), _CANDIDATES[-1])
 
 
 @pytest.fixture(scope="module")
