@@ -18,7 +18,6 @@ from functools import partial
 
 import torch
 from einops import rearrange
-from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -51,6 +50,10 @@ class ViTDecoder(nn.Module):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
+        # timm is imported here, not at the top: importing it costs more than a second (it pulls in wandb when that
+        # is installed), and `import vqrae` / `vqrae --help` should not pay for a decoder nobody built yet.
+        from timm.models.vision_transformer import Block
+
         if dim % num_heads:
             raise ValueError(f"decoder width {dim} is not divisible by its {num_heads} heads")
         self.patch_size = patch_size
