@@ -249,3 +249,33 @@ def test_templates_render_and_plain_template_ends_with_eos():
     labels = batch["labels"][0]
     assert plain.text_tokenizer.decode(labels[labels != IGNORE_INDEX]) == "a</s>"
     assert json.loads(plain.config.to_json_string())["template"] == "plain"
+
+
+def test_max_length_never_cuts_an_image(um):
+    """A text-to-image record with pre-tokenized codes longer than max_length is skipped, not cut mid-image; a text
+    record is cut; a record whose image fits whole is kept."""
+    n = um.config.num_image_tokens
+    codes = {"caption": "a red circle", "codes": list(range(n))}
+    full = len(UnifiedCollator(um.processor).encode_record(codes)[0])
+    cut = UnifiedCollator(um.processor, max_length=full - 3)  # inside <eoi> + the turn end, or inside the codes
+    with pytest.raises(ValueError, match="every record"):
+        cut([codes])
+    assert cut.skipped == 1
+    inside = UnifiedCollator(um.processor, max_length=full - n // 2)
+    with pytest.raises(ValueError, match="every record"):
+        inside([codes])
+    text = {"messages": [{"role": "user", "content": "hi " * 50}, {"role": "assistant", "content": "yes"}]}
+    batch = UnifiedCollator(um.processor, max_length=full - 3)([codes | {"codes": list(range(n))}, text])
+    assert batch["input_ids"].shape == (1, full - 3)  # the text record, cut; the image record skipped
+    assert UnifiedCollator(um.processor, max_length=full)([codes])["input_ids"].shape == (1, full)
+
+
+def test_save_pretrained_writes_the_given_state_dict(um, tmp_path):
+    """Stage.export hands gathered (e.g. ZeRO-3) weights to save_pretrained(state_dict=...): those are written."""
+    state = {k: v.clone() for k, v in um.state_dict().items()}
+    state["projector.0.bias"] = torch.full_like(state["projector.0.bias"], 0.5)
+    um.save_pretrained(tmp_path / "m", state_dict=state)
+    loaded = UnifiedModel.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.projector[0].bias, torch.full_like(loaded.projector[0].bias, 0.5))
+    assert not torch.equal(um.projector[0].bias, loaded.projector[0].bias)
+    assert (tmp_path / "m" / "sampling_config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()

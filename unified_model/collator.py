@@ -153,8 +153,12 @@ class UnifiedCollator:
     def _truncate(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         if self.max_length is None or len(ids) <= self.max_length:
             return ids, labels
-        special = {self.processor.config.image_token_id, GEN_SLOT}
-        if any(t in special for t in ids[self.max_length:]):
+        cfg = self.processor.config
+        lo, hi = cfg.code_range
+        # An image must stay whole: its feature slots, its code slots (GEN_SLOT or pre-tokenized code ids) and the
+        # <boi> ... <eoi> around them. A record that cannot keep every image it holds is skipped, never cut.
+        in_image = lambda t: t in (cfg.image_token_id, GEN_SLOT, cfg.boi_token_id, cfg.eoi_token_id) or lo <= t < hi
+        if any(in_image(t) for t in ids[self.max_length:]):
             raise InvalidRecord(f"{len(ids)} tokens exceed max_length {self.max_length} inside an image")
         return ids[: self.max_length], labels[: self.max_length]
 
