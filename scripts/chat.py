@@ -1,7 +1,8 @@
 """`vqrae chat`: a multi-turn conversation with a unified model, with images both ways.
 
-Ask about attached images, `/draw` an image and then ask about it: the drawn image joins the conversation like an
-attached one. Reads lines from stdin, so it also runs from a pipe (then without the `> ` prompt).
+Ask about attached images; ask for a drawing (a model trained to draw answers with an image by itself) or force one
+with `/draw`, then ask about it: the drawn image joins the conversation like an attached one. Reads lines from
+stdin, so it also runs from a pipe (then without the `> ` prompt).
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             elif cmd:
                 raise ValueError(f"unknown command {cmd}; /help lists them")
             else:
-                for piece in session.ask(arg):
-                    out.write(piece)
+                for piece in session.ask(arg):  # text, or the path of an image the model drew by itself
+                    out.write(piece if isinstance(piece, str) else f"\n(drew {piece})\n")
                     out.flush()
                 out.write("\n")
                 out.flush()

@@ -9,12 +9,15 @@
 from .collator import IGNORE_INDEX, UnifiedCollator
 from .configuration import UnifiedConfig
 from .generation import (
+    DrawnImage,
     ImageGenerationOutput,
     decode,
     generate_images,
     generate_text,
+    sample_codes,
     sample_image_codes,
     stream_chat,
+    stream_reply,
     stream_text,
     validate_sampling,
 )
@@ -30,6 +33,7 @@ __all__ = [
     "PROJECTOR_TYPES",
     "TEMPLATES",
     "ConversationTemplate",
+    "DrawnImage",
     "ImageGenerationOutput",
     "SamplingConfig",
     "UnifiedCollator",
@@ -43,8 +47,10 @@ __all__ = [
     "generate_text",
     "get_template",
     "register_template",
+    "sample_codes",
     "sample_image_codes",
     "stream_chat",
+    "stream_reply",
     "stream_text",
     "validate_sampling",
 ]

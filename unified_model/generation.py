@@ -180,27 +180,50 @@ def sample_image_codes(
     `cfg_scale=None` runs without guidance (no unconditional rows); any number, 1.0 included, runs batched CFG with
     logits cond + (s - 1) * (cond - uncond), which is exactly cond at s = 1.
     """
+    proc = model.processor
+    rows = [proc.t2i_prompt_ids(c) for c in captions]
+    uncond = [proc.t2i_prompt_ids(c, uncond=True) for c in captions] if cfg_scale is not None else None
+    return sample_codes(model, rows, uncond, seeds, cfg_scale, cfg_schedule, temperature, top_k, top_p, use_cache)
+
+
+@torch.no_grad()
+def sample_codes(
+    model: UnifiedModel,
+    rows: Sequence[Sequence[int]],
+    uncond_rows: Sequence[Sequence[int]] | None,
+    seeds: Sequence[int],
+    cfg_scale: float | None = 4.0,
+    cfg_schedule: str = "constant",
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    use_cache: bool = True,
+    pixel_values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The image sampler on given prompts: `rows` end with `<boi>` (a text-to-image request, or a conversation in
+    which the model opened an image); `uncond_rows` are their CFG counterparts (None: no guidance). `pixel_values`
+    fill the `<image>` slots of `rows`, in reading order. -> (B, h*w) codes in [0, K)."""
     validate_sampling(temperature, top_k, top_p, cfg_scale, cfg_schedule)
-    proc, cfg = model.processor, model.config
+    cfg = model.config
     lo, hi = cfg.code_range
     n = cfg.num_image_tokens
-    b = len(captions)
-    rows = [proc.t2i_prompt_ids(c) for c in captions]
-    if cfg_scale is not None:
-        rows += [proc.t2i_prompt_ids(c, uncond=True) for c in captions]
-    ids, mask = left_pad(rows, cfg.pad_token_id)
+    b = len(rows)
+    guided = cfg_scale is not None
+    if guided and (uncond_rows is None or len(uncond_rows) != b):
+        raise ValueError("classifier-free guidance needs one unconditional row per row")
+    ids, mask = left_pad(list(rows) + (list(uncond_rows) if guided else []), cfg.pad_token_id)
     device = model.device
-    embeds = model.embed(ids.to(device))
+    embeds = model.embed(ids.to(device), pixel_values)
     uniforms = row_uniforms(seeds, n, device) if temperature > 0 else None
 
     def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
         logits = logits[:, lo:hi]  # only codes can be sampled
-        if cfg_scale is not None:
+        if guided:
             cond, uncond = logits[:b], logits[b:]
             s = guidance_scale_at(step, n, cfg_scale, cfg_schedule)
             logits = cond + (s - 1.0) * (cond - uncond) if s != 1.0 else cond
         tok = sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, step]) + lo
-        return tok.repeat(2) if cfg_scale is not None else tok  # both halves continue with the same token
+        return tok.repeat(2) if guided else tok  # both halves continue with the same token
 
     codes = torch.empty(b, n, dtype=torch.long, device=device)
     for step, tok in enumerate(decode(model.llm, embeds, mask, n, choose, use_cache=use_cache)):
@@ -295,9 +318,11 @@ def iter_text_tokens(
     top_p: float = 1.0,
     seed: int = 0,
     use_cache: bool = True,
+    allow_boi: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the (B,) next text tokens of a batch of prompts (already expanded, see `encode_conversation`) until
-    every row has produced a stop token or `max_new_tokens`; finished rows yield pad ids."""
+    every row has produced a stop token or `max_new_tokens`; finished rows yield pad ids. `allow_boi`: the model
+    may open an image (`<boi>`), which then ends the row's text like a stop token."""
     validate_sampling(temperature, top_k, top_p)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -306,7 +331,11 @@ def iter_text_tokens(
     device = model.device
     embeds = model.embed(ids.to(device), pixel_values)
     banned = ~model.text_token_mask().to(device)
-    stops = torch.tensor(model.processor.stop_token_ids, device=device)
+    stop_ids = list(model.processor.stop_token_ids)
+    if allow_boi:
+        banned[cfg.boi_token_id] = False
+        stop_ids.append(cfg.boi_token_id)
+    stops = torch.tensor(stop_ids, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     uniforms = row_uniforms([seed + r for r in range(len(prompts))], max_new_tokens, device) if temperature else None
 
@@ -338,14 +367,17 @@ def generate_text(model: UnifiedModel, prompts: Sequence[Sequence[int]], pixel_v
     return answers
 
 
-def stream_text(model: UnifiedModel, prompt: Sequence[int], pixel_values=None, **sampling) -> Iterator[str]:
-    """Stream one answer as text pieces (a piece is held back while it ends in an incomplete UTF-8 character)."""
-    stops = set(model.processor.stop_token_ids)
+def _text_segment(model: UnifiedModel, prompt: Sequence[int], pixel_values=None, allow_boi: bool = False,
+                  **sampling):
+    """Stream text pieces of one answer (a piece is held back while it ends in an incomplete UTF-8 character);
+    returns (the token ids, the token that ended it or None)."""
+    stops = set(model.processor.stop_token_ids) | ({model.config.boi_token_id} if allow_boi else set())
     tokens: list[int] = []
-    sent = ""
-    for tok in iter_text_tokens(model, [prompt], pixel_values, **sampling):
+    sent, ended = "", None
+    for tok in iter_text_tokens(model, [prompt], pixel_values, allow_boi=allow_boi, **sampling):
         t = int(tok[0])
         if t in stops:
+            ended = t
             break
         tokens.append(t)
         text = model.text_tokenizer.decode(tokens, skip_special_tokens=True)
@@ -356,16 +388,73 @@ def stream_text(model: UnifiedModel, prompt: Sequence[int], pixel_values=None, *
     text = model.text_tokenizer.decode(tokens, skip_special_tokens=True)
     if len(text) > len(sent):
         yield text[len(sent):]
+    return tokens, ended
 
 
-def stream_chat(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput] = (),
-                **sampling) -> Iterator[str]:
-    """The assistant's next reply to `messages`, one image per `<image>` in order, streamed."""
+def stream_text(model: UnifiedModel, prompt: Sequence[int], pixel_values=None, **sampling) -> Iterator[str]:
+    """Stream one answer as text pieces."""
+    yield from _text_segment(model, prompt, pixel_values, **sampling)
+
+
+@dataclass
+class DrawnImage:
+    """An image the model drew in the middle of a reply (it emitted `<boi>`)."""
+
+    image: Image.Image
+    codes: torch.Tensor  # (h, w) in [0, K)
+    seed: int
+
+
+def _chat_prompt(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput]):
     proc = model.processor
     n_slots = proc.count_images(messages)
     if n_slots != len(images):
         raise ValueError(f"the conversation has {n_slots} <image> placeholder(s) but {len(images)} image(s)")
     prompt, _ = proc.encode_conversation(messages, add_generation_prompt=True)
-    # The model's defaults (sampling_config.json) for whatever the caller leaves out or sets to None.
-    sampling = {**model.sampling_config.text_kwargs(), **{k: v for k, v in sampling.items() if v is not None}}
-    return stream_text(model, prompt, proc.pixel_values(images), **sampling)
+    return prompt, proc.pixel_values(images)
+
+
+def _text_defaults(model: UnifiedModel, sampling: dict) -> dict:
+    """The model's defaults (sampling_config.json) for whatever the caller leaves out or sets to None."""
+    return {**model.sampling_config.text_kwargs(), **{k: v for k, v in sampling.items() if v is not None}}
+
+
+def stream_chat(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput] = (),
+                **sampling) -> Iterator[str]:
+    """The assistant's next reply to `messages`, one image per `<image>` in order, streamed as text (the model may
+    not open an image here; `stream_reply` lets it)."""
+    prompt, pixel_values = _chat_prompt(model, messages, images)
+    return stream_text(model, prompt, pixel_values, **_text_defaults(model, sampling))
+
+
+def stream_reply(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput] = (),
+                 draw: dict | None = None, draw_seed: int = 0, max_images: int = 4,
+                 **sampling) -> Iterator[str | DrawnImage]:
+    """The assistant's next reply, in which the model may draw: text pieces, and a `DrawnImage` each time it emits
+    `<boi>`. Then the image sampler takes over (codes only, classifier-free guidance against the unconditional
+    text-to-image prompt, `draw` settings over the model's sampling defaults), decodes the image, appends `<eoi>`
+    and the text goes on. At most `max_images` images per reply; image i is drawn with seed `draw_seed + i`."""
+    prompt, pixel_values = _chat_prompt(model, messages, images)  # bad input fails here, before any token
+    text_kw = _text_defaults(model, sampling)
+    validate_sampling(**{k: text_kw[k] for k in ("temperature", "top_k", "top_p")})
+    image_kw = model.sampling_config.replace(**(draw or {})).image_kwargs()
+    return _reply(model, prompt, pixel_values, text_kw, image_kw, draw_seed, max_images)
+
+
+def _reply(model: UnifiedModel, prompt: list[int], pixel_values, text_kw: dict, image_kw: dict, draw_seed: int,
+           max_images: int) -> Iterator[str | DrawnImage]:
+    cfg, proc = model.config, model.processor
+    lo, _ = cfg.code_range
+    h, w = cfg.grid_size
+    prefix = list(prompt)
+    for i in range(max_images + 1):
+        tokens, ended = yield from _text_segment(model, prefix, pixel_values, allow_boi=i < max_images, **text_kw)
+        prefix += tokens
+        if ended != cfg.boi_token_id:
+            return
+        prefix.append(cfg.boi_token_id)
+        uncond = [proc.t2i_prompt_ids("", uncond=True)] if image_kw["cfg_scale"] is not None else None
+        codes = sample_codes(model, [prefix], uncond, [draw_seed + i], pixel_values=pixel_values, **image_kw)[0]
+        yield DrawnImage(image=decode_codes(model, codes.view(1, h, w).cpu())[0], codes=codes.view(h, w).cpu(),
+                         seed=draw_seed + i)
+        prefix += (codes + lo).tolist() + [cfg.eoi_token_id]

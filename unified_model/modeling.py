@@ -31,7 +31,7 @@ from vqrae.tokenizer import VQRAE
 from vqrae.tokenizer.hub import check_model_source
 
 from .configuration import UnifiedConfig
-from .generation import generate_images, stream_chat
+from .generation import generate_images, stream_chat, stream_reply
 from .processing import ImageInput, UnifiedProcessor
 from .projector import build_projector
 from .sampling_config import SamplingConfig
@@ -294,6 +294,12 @@ class UnifiedModel(PreTrainedModel):
     def stream_chat(self, messages: Sequence[dict], images: Sequence[ImageInput] = (), **sampling) -> Iterator[str]:
         """Stream the assistant's answer to `messages` (one image per `<image>`, in order) as text pieces."""
         return stream_chat(self, messages, images, **sampling)
+
+    def stream_reply(self, messages: Sequence[dict], images: Sequence[ImageInput] = (), draw: dict | None = None,
+                     **kwargs):
+        """Like `stream_chat`, but the model may draw: text pieces and a `DrawnImage` whenever it emits `<boi>`
+        (see `unified_model.generation.stream_reply`)."""
+        return stream_reply(self, messages, images, draw=draw, **kwargs)
 
     def chat(self, messages: Sequence[dict], images: Sequence[ImageInput] = (), **sampling) -> str:
         return "".join(self.stream_chat(messages, images, **sampling))
