@@ -279,3 +279,29 @@ def test_save_pretrained_writes_the_given_state_dict(um, tmp_path):
     assert torch.equal(loaded.projector[0].bias, torch.full_like(loaded.projector[0].bias, 0.5))
     assert not torch.equal(um.projector[0].bias, loaded.projector[0].bias)
     assert (tmp_path / "m" / "sampling_config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_reader_items_feed_the_collator_for_every_task(um):
+    """ShapesWorld reader items (pixels + caption + conversations) go straight into the collator: by default as the
+    conversation they hold, with task="t2i" as a text-to-image pair, with task="describe" as an alignment record
+    (the image answered with its caption)."""
+    from vqrae.data.readers import ShapesDataset
+    from vqrae.data.shapes import ShapesConfig
+
+    items = [ShapesDataset(3, ShapesConfig(size=32), seed=0, split="train")[i] for i in range(3)]
+    assert all(isinstance(it["pixels"], torch.Tensor) and it["caption"] and it["conversations"] for it in items)
+    coll = UnifiedCollator(um.processor)
+    n = um.config.num_image_features
+    conv = coll(items)
+    assert coll.skipped == 0 and conv["pixel_values"].shape[0] == 3 and "gen_pixel_values" not in conv
+    assert torch.equal(conv["pixel_values"][0], items[0]["pixels"])
+    assert int((conv["input_ids"] == um.config.image_token_id).sum()) == 3 * n
+    t2i = coll([it | {"task": "t2i"} for it in items])
+    assert t2i["gen_pixel_values"].shape[0] == 3 and "pixel_values" not in t2i
+    described = coll([it | {"task": "describe"} for it in items])
+    assert described["pixel_values"].shape[0] == 3
+    labels = described["labels"][0]
+    answer = um.text_tokenizer.decode(labels[labels != IGNORE_INDEX], skip_special_tokens=True)
+    assert answer.strip() == items[0]["caption"]
+    with pytest.raises(ValueError, match="every record"):
+        coll([{"task": "paint", "caption": "x", "pixels": items[0]["pixels"]}])

@@ -8,8 +8,13 @@ Records (dicts), any mix in one batch:
   sequence is the text-to-image prompt + `<boi>` + h*w codes + `<eoi>` + end of turn. Labels: the codes only.
   With `caption_dropout` p, the prompt is replaced by its unconditional form (what CFG sampling uses) with
   probability p.
-An image is a path, a PIL image or a (3, H, W) tensor in [0, 1]; `file_name` is accepted for `image`. Relative
-paths are opened as they are: resolve them against the record file's folder before collating.
+- describe (alignment): `{"task": "describe", "caption": str, "image": ...}`: `<image>` + a describe prompt,
+  answered with the caption (LLaVA-1.5's pretraining data). Labels: the caption.
+A record's `task` ("conversation", "t2i", "describe") says which; without one, a record with a conversation is a
+conversation (ShapesWorld items carry a caption as well) and a caption record is text-to-image.
+An image is a path, a PIL image or a (3, H, W) tensor in [0, 1]; `file_name` (records) and `pixels` (the data
+readers' items) are accepted for `image`. Relative paths are opened as they are: resolve them against the record
+file's folder before collating.
 
 The batch: `input_ids`, `attention_mask`, `labels` (B, L), right-padded; `pixel_values` (M, 3, S, S) for the
 `<image>` slots in reading order; `gen_pixel_values` (G, 3, S, S) for caption records given as images, whose code
@@ -31,7 +36,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vqrae.data.records import ROLE_ALIASES, InvalidRecord
+from vqrae.data.records import IMAGE_TOKEN, ROLE_ALIASES, InvalidRecord
 
 from .modeling import GEN_SLOT
 from .processing import UnifiedProcessor
@@ -73,8 +78,31 @@ def record_messages(record: dict) -> list[dict]:
 
 
 def record_image(record: dict):
-    """The record's single image (`image`, or `file_name` as in data/records.py), or None."""
-    return record.get("image", record.get("file_name"))
+    """The record's single image: `image`, `file_name` (data/records.py) or `pixels` (the data readers' items, a
+    (3, H, W) tensor), or None."""
+    for key in ("image", "file_name", "pixels"):
+        if record.get(key) is not None:
+            return record[key]
+    return None
+
+
+TASKS = ("conversation", "t2i", "describe")
+
+
+def record_task(record: dict) -> str:
+    """What a record trains: its `task`, else a conversation when it has one (ShapesWorld items carry a caption
+    too), else text-to-image for a caption. `describe` (alignment, LLaVA-1.5 pretraining) answers
+    `<image>` + the describe prompt with the caption."""
+    task = record.get("task")
+    if task is not None:
+        if task not in TASKS:
+            raise InvalidRecord(f"task must be one of {TASKS}, got {task!r}")
+        return task
+    if "messages" in record or "conversations" in record:
+        return "conversation"
+    if "caption" in record:
+        return "t2i"
+    raise InvalidRecord("a record needs 'caption', 'messages' or a non-empty 'conversations' list")
 
 
 def record_images(record: dict) -> list:
@@ -92,6 +120,7 @@ class UnifiedCollator:
     caption_dropout: float = 0.0
     max_length: int | None = None
     seed: int = 0
+    describe_prompt: str = "Describe the image briefly."  # the user turn of a `describe` (alignment) record
     skipped: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -104,8 +133,19 @@ class UnifiedCollator:
         proc, cfg = self.processor, self.processor.config
         if not isinstance(record, dict):
             raise InvalidRecord(f"a record must be a dict, got {type(record).__name__}")
-        if "caption" in record:
-            caption = record["caption"]
+        task = record_task(record)
+        if task == "describe":
+            caption = record.get("caption")
+            if not isinstance(caption, str) or not caption.strip():
+                raise InvalidRecord("a describe record needs a non-empty 'caption'")
+            if record_image(record) is None:
+                raise InvalidRecord("a describe record needs an 'image'")
+            record = {"messages": [{"role": "user", "content": f"{IMAGE_TOKEN}\n{self.describe_prompt}"},
+                                   {"role": "assistant", "content": caption}],
+                      "images": [record_image(record)]}
+            task = "conversation"
+        if task == "t2i":
+            caption = record.get("caption")
             if not isinstance(caption, str):
                 raise InvalidRecord(f"caption must be a string, got {type(caption).__name__}")
             drop = self.caption_dropout > 0 and self._rng.random() < self.caption_dropout
