@@ -16,6 +16,7 @@ STAGE_MODULES: dict[str, str] = {
     "encoder-pretrain": "vqrae.train.stages.encoder_pretrain",
     "tokenizer-stage1": "vqrae.train.stages.tokenizer",
     "tokenizer-stage2": "vqrae.train.stages.tokenizer",
+    "lm-pretrain": "vqrae.train.stages.lm_pretrain",
 }
 
 _registered: dict[str, type[Stage]] = {}

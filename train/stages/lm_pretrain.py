@@ -1,0 +1,184 @@
+"""`lm-pretrain`: a small causal LM trained from scratch on ShapesWorld text, the stand-in for a downloaded LLM.
+
+The model is an ordinary transformers causal LM built from a config (Qwen2, Qwen3 or Llama), and the text
+tokenizer a BPE trained on the same text, with a chat template (our `chatml` template as jinja, its turn markers as
+special tokens). The export is a plain Hugging Face folder (config.json, model.safetensors, tokenizer.json,
+chat_template.jinja) that `AutoModelForCausalLM` / `AutoTokenizer` load, and that every later stage takes as
+`llm=PATH` exactly as it would take Qwen3-0.6B: `UnifiedModel.from_llm(folder, vqrae)` with `template="auto"` uses
+its chat template.
+
+Text: every record gives its captions as plain documents and its VQA conversation (the `<image>` placeholder
+removed: the LM sees no pixels yet) rendered with the chat template. Documents end with EOS and are packed into
+blocks of `max_length` tokens (no padding at all); the loss is next-token prediction on every token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import TrainConfig
+from ..stage import Stage, unwrap
+from .common import image_text_dataset
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = {"qwen2": ("Qwen2Config", "Qwen2ForCausalLM"), "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+                 "llama": ("LlamaConfig", "LlamaForCausalLM")}
+CHAT_SPECIALS = ("<|im_start|>", "<|im_end|>")
+
+
+@dataclasses.dataclass
+class LMPretrainConfig(TrainConfig):
+    data: str = "shapes"  # "shapes" (records rendered on the fly) or a caption/conversation data path
+    data_num: int = 20000  # records whose text trains the LM
+    val_num: int = 256
+    architecture: Literal["qwen2", "qwen3", "llama"] = "qwen2"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 704  # ~2.75 x hidden, as Qwen
+    max_length: int = 128  # tokens per packed block
+    vocab_size: int = 1000  # upper bound for the BPE vocabulary
+    tokenizer_corpus: int = 5000  # records whose text trains the tokenizer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(f"config keys 'hidden_size'/'num_heads'/'num_kv_heads': {self.hidden_size} must divide "
+                             f"by {self.num_heads} heads, which must divide by {self.num_kv_heads} kv heads")
+        if self.max_length < 8:
+            raise ValueError(f"config key 'max_length': must be >= 8, got {self.max_length}")
+
+
+def documents(item: dict, tokenizer) -> list[str]:
+    """The texts one record gives: its captions, then its conversation in the chat template (no image)."""
+    record = item.get("record") or item
+    docs = list(record.get("captions") or ([item["caption"]] if item.get("caption") else []))
+    turns = record.get("conversations") or []
+    if turns:
+        roles = {"human": "user", "gpt": "assistant"}
+        messages = [{"role": roles.get(t["from"], t["from"]), "content": t["value"].replace("<image>", "").strip()}
+                    for t in turns]
+        docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    return docs
+
+
+class PackedText(Dataset):
+    """Documents tokenized, each ended by EOS, concatenated and cut into blocks of `length` tokens."""
+
+    def __init__(self, items: Dataset, tokenizer, length: int):
+        ids: list[int] = []
+        for i in range(len(items)):
+            for doc in documents(items[i], tokenizer):
+                ids.extend(tokenizer(doc, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
+        self.blocks = torch.tensor(ids[: len(ids) // length * length], dtype=torch.long).view(-1, length)
+        if len(self.blocks) == 0:
+            raise ValueError(f"the text holds {len(ids)} tokens, fewer than one block of {length}")
+        logger.info("packed %d tokens into %d blocks of %d", len(ids), len(self.blocks), length)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.blocks[i]
+
+
+class LMPretrainStage(Stage):
+    name = "lm-pretrain"
+    config_class = LMPretrainConfig
+    partitioned_init = False  # built from a config here; later stages load large LMs with partitioned_init
+
+    def __init__(self, config: LMPretrainConfig):
+        super().__init__(config)
+        self._items = image_text_dataset(config.data, config.data_num, 32, "train", config.seed)
+        self._val_items = image_text_dataset("shapes" if config.data == "shapes" else config.data,
+                                             config.val_num, 32, "val", config.seed)
+        self.text_tokenizer = None  # trained in build_model, by the main process only
+        self._train = self._val = None
+
+    def _load_or_train_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        from vqrae.data.text_tokenizer import train_text_tokenizer
+        from vqrae.unified_model.templates import get_template
+
+        from .. import distributed
+
+        folder = Path(self.config.output_dir) / "text_tokenizer"
+        tok = None
+        main = not distributed.is_initialized() or torch.distributed.get_rank() == 0
+        if main and not (folder / "tokenizer.json").is_file():
+            template = get_template("chatml")
+            n = min(self.config.tokenizer_corpus, len(self._items))
+            corpus = []
+            for i in range(n):  # the chat markers are special tokens: the corpus only needs the words
+                record = self._items[i].get("record") or self._items[i]
+                corpus += list(record.get("captions") or [self._items[i].get("caption", "")])
+                corpus += [t["value"].replace("<image>", "") for t in record.get("conversations") or []]
+            # Qwen2's byte-level pipeline: what transformers rebuilds for a qwen2 folder anyway (see text_tokenizer)
+            tok = train_text_tokenizer(corpus, folder, vocab_size=self.config.vocab_size,
+                                       extra_special_tokens=("<image>", *CHAT_SPECIALS), style="qwen2")
+            tok.chat_template = template.to_jinja()
+            tok.save_pretrained(str(folder))
+        distributed.barrier()
+        if tok is None:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        return tok
+
+    def build_model(self) -> nn.Module:
+        import transformers
+
+        c = self.config
+        self.text_tokenizer = tok = self._load_or_train_tokenizer()
+        config_name, model_name = ARCHITECTURES[c.architecture]
+        config = getattr(transformers, config_name)(
+            vocab_size=len(tok), hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+            num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+            max_position_embeddings=max(2048, c.max_length), tie_word_embeddings=False,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        config._attn_implementation = "sdpa"
+        return getattr(transformers, model_name)(config)
+
+    def train_dataset(self) -> Dataset:
+        if self._train is None:
+            self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length)
+        return self._train
+
+    def collate(self, samples: list[torch.Tensor]) -> dict:
+        ids = torch.stack(samples)
+        return {"input_ids": ids, "labels": ids}
+
+    def loss(self, model: nn.Module, batch: dict, step: int):
+        out = model(input_ids=batch["input_ids"], labels=batch["labels"])
+        return out.loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """Held-out perplexity, and how often the greedy next token is right."""
+        if self._val is None:
+            self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length)
+        llm = unwrap(model)
+        losses, right, total = [], 0, 0
+        for start in range(0, len(self._val), self.config.batch_size):
+            batch = self.to_device(self.collate([self._val[i] for i in range(start, min(start + self.config.batch_size,
+                                                                                        len(self._val)))]))
+            out = llm(input_ids=batch["input_ids"], labels=batch["labels"])
+            losses.append(float(out.loss))
+            pred = out.logits[:, :-1].argmax(-1)
+            right += int((pred == batch["input_ids"][:, 1:]).sum())
+            total += pred.numel()
+        loss = sum(losses) / len(losses)
+        return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "next_token_acc": right / total}
+
+    def export(self, module: nn.Module, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        module.save_pretrained(folder, state_dict=state_dict)  # the module is the LM itself: same keys
+        self.text_tokenizer.save_pretrained(str(folder))
