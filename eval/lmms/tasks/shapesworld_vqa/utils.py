@@ -20,45 +20,14 @@ def process_results(doc, results):
     return {metric: record for metric in _vqa.METRICS}
 
 
-def overall_acc(records):
-    return _vqa.aggregate(records, "overall_acc")
+def _aggregation(metric):
+    def aggregate(records):
+        return _vqa.aggregate(records, metric)
+
+    aggregate.__name__ = aggregate.__qualname__ = metric
+    return aggregate
 
 
-def count_acc(records):
-    return _vqa.aggregate(records, "count_acc")
-
-
-def color_acc(records):
-    return _vqa.aggregate(records, "color_acc")
-
-
-def shape_acc(records):
-    return _vqa.aggregate(records, "shape_acc")
-
-
-def exist_acc(records):
-    return _vqa.aggregate(records, "exist_acc")
-
-
-def exist_precision(records):
-    return _vqa.aggregate(records, "exist_precision")
-
-
-def exist_recall(records):
-    return _vqa.aggregate(records, "exist_recall")
-
-
-def exist_f1(records):
-    return _vqa.aggregate(records, "exist_f1")
-
-
-def exist_yes_ratio(records):
-    return _vqa.aggregate(records, "exist_yes_ratio")
-
-
-def position_acc(records):
-    return _vqa.aggregate(records, "position_acc")
-
-
-def mc_acc(records):
-    return _vqa.aggregate(records, "mc_acc")
+# One aggregation function per metric, named as the yaml's `!function utils.<metric>` entries expect.
+for _metric in _vqa.METRICS:
+    globals()[_metric] = _aggregation(_metric)
