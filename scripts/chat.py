@@ -1,14 +1,20 @@
 """`vqrae chat`: a multi-turn conversation with a unified model, with images both ways.
 
 Ask about attached images; ask for a drawing (a model trained to draw answers with an image by itself) or force one
-with `/draw`, then ask about it: the drawn image joins the conversation like an attached one. Reads lines from
+with `/draw`, then ask about it: the drawing stays in the conversation as the model drew it (`<boi>`, its codes,
+`<eoi>`). What you type is escaped: it never becomes an `<image>` or any other special token. Reads lines from
 stdin, so it also runs from a pipe (then without the `> ` prompt).
+
+Replies are printed with control characters escaped (`printable`): an untrained or broken model samples any byte,
+and a raw ESC or carriage return would rewrite the terminal. A model whose `training_history` records no training
+on conversations gets a one-line warning at start: its replies are noise, not a bug of the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 
 from vqrae.cli import CLIError
 from vqrae.cli.generate import add_draw_arguments, add_model_arguments, draw_settings, load_model
@@ -17,7 +23,7 @@ HELP = """commands:
   /image PATH    attach an image to your next message
   /draw PROMPT   generate an image (saved, path printed); it joins the conversation
   /reset         start a new conversation
-  /save FILE     write the transcript (messages and image files) as JSON
+  /save FILE     write the transcript (messages, image files, drawings with their codes) as JSON
   /help          this help
   /quit          leave (also Ctrl-D)
 anything else is a message to the model."""
@@ -46,6 +52,37 @@ def _error(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr, flush=True)
 
 
+# Bidirectional embeddings, overrides and isolates (Unicode format characters): they reorder what a terminal shows.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (C0, DEL, C1: ESC sequences, carriage return, bell, ...)
+    and bidirectional overrides are shown escaped (`\\x1b`, `\\u202e`); newline and tab are kept."""
+    def shown(ch: str) -> str:
+        if ch in "\n\t" or not (unicodedata.category(ch) == "Cc" or ch in _BIDI):
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return "".join(map(shown, text))
+
+
+def training_warning(model) -> str | None:
+    """A one-line warning when the model's `training_history` (a list of {"stage", "steps", "tasks"}) does not
+    record any training on conversations, else None."""
+    history = getattr(model, "training_history", None)
+    if not history:
+        return ("warning: this model was never trained on conversations (it records no training history): "
+                "expect its replies to be noise")
+    entries = [e for e in history if isinstance(e, dict)]
+    if any("conversation" in (e.get("tasks") or ()) for e in entries):
+        return None
+    done = "; ".join(f"{e.get('stage', '?')}: {', '.join(map(str, e.get('tasks') or ())) or 'no tasks'}"
+                     for e in entries) or "nothing"
+    return (f"warning: this model was never trained on conversations (its training: {done}): "
+            f"expect its replies to be noise")
+
+
 def run(args: argparse.Namespace) -> int:
     from vqrae.unified_model import validate_sampling
     from vqrae.unified_model.chat import ChatSession
@@ -62,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     session = ChatSession(model, out_dir=args.out_dir, answer=answer, draw=draw, seed=args.seed)
     for path in args.image:
         session.attach(path)  # a bad --image fails the command (exit 2)
+    warning = training_warning(model)
+    if warning:
+        print(f"vqrae chat: {warning}", file=sys.stderr, flush=True)
 
     interactive = sys.stdin.isatty()
     out = sys.stdout
@@ -103,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"unknown command {cmd}; /help lists them")
             else:
                 for piece in session.ask(arg):  # text, or the path of an image the model drew by itself
-                    out.write(piece if isinstance(piece, str) else f"\n(drew {piece})\n")
+                    out.write(printable(piece) if isinstance(piece, str) else f"\n(drew {piece})\n")
                     out.flush()
                 out.write("\n")
                 out.flush()

@@ -30,6 +30,7 @@ COMMANDS = [
     "ablate",
     "chat",
     "generate",
+    "export",
     "bench",
     "data",
 ]

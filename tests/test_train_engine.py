@@ -4,6 +4,7 @@ per-group lrs, export, logs, and the `vqrae train` command."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -250,3 +251,20 @@ def test_plotting_and_the_train_command_leave_process_state_alone(tmp_path, monk
     monkeypatch.setenv("RANK", "1")  # a non-main process of a launch (plain mode runs it as a group of one)
     assert main(["train", "toy", "--config", str(cfg)]) == 0
     assert root.level == logging.INFO
+
+
+def test_non_finite_gradient_leaves_the_weights_untouched():
+    """The engine stops on a NaN gradient norm; the plain backend must not have updated the weights first (a
+    caller who catches TrainingDiverged still holds the last good model)."""
+    from vqrae.train.backends import PlainBackend
+    from vqrae.train.config import TrainConfig
+    from vqrae.train.stage import param_groups
+
+    module = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    backend = PlainBackend(module, param_groups(module, lr=0.1), TrainConfig(max_steps=2), torch.device("cpu"), False)
+    module(torch.tensor([[float("nan"), 1.0, 2.0]])).sum().backward()
+    norm = backend.step(boundary=True)
+    assert not math.isfinite(norm)
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    assert all(p.grad is None for p in module.parameters())

@@ -10,8 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vqrae.cli import chat as chat_cli
+from vqrae.cli.chat import printable
 from vqrae.cli.cli import main
 from vqrae.unified_model import UnifiedModel
+from vqrae.unified_model.chat import ChatSession
+from vqrae.unified_model.generation import decode_codes
 from vqrae.unified_model.testing import tiny_unified_model
 
 
@@ -37,6 +41,21 @@ def _chat(monkeypatch, capsys, args, lines):
     return code, out.out, out.err
 
 
+def _trained(monkeypatch, history):
+    """Have `vqrae chat` load the model with this `training_history`."""
+    real = chat_cli.load_model
+
+    def load(args):
+        model = real(args)
+        model.training_history = history
+        return model
+
+    monkeypatch.setattr(chat_cli, "load_model", load)
+
+
+CONVERSATION_TRAINED = [{"stage": "unified-sft", "steps": 300, "tasks": ["conversation", "t2i", "describe"]}]
+
+
 def test_chat_draw_then_ask_about_the_drawing(model_dir, photo, tmp_path, monkeypatch, capsys):
     seen = []  # every embedding call, to check what the model was shown
     real_embed = UnifiedModel.embed
@@ -46,6 +65,7 @@ def test_chat_draw_then_ask_about_the_drawing(model_dir, photo, tmp_path, monkey
         return real_embed(self, input_ids, pixel_values, image_features)
 
     monkeypatch.setattr(UnifiedModel, "embed", spy)
+    _trained(monkeypatch, CONVERSATION_TRAINED)
     lines = ["/help", "/draw a red circle on the left", "what colour is the circle?",
              f"/image {photo}", "and this one?", "/image /no/such.png", "/bogus", "/draw   ",
              f"/save {tmp_path / 't.json'}", "/reset", "hello", "/quit", "never read"]
@@ -57,34 +77,78 @@ def test_chat_draw_then_ask_about_the_drawing(model_dir, photo, tmp_path, monkey
     assert f"(drew {drawn})" in out and Image.open(drawn).size == (32, 32)
     # three bad lines, three one-line errors, and the session went on
     assert err.count("error:") == 3 and "/no/such.png" in err and "unknown command /bogus" in err
-    assert "empty prompt" in err
+    assert "empty prompt" in err and "warning" not in err
     transcript = json.loads((tmp_path / "t.json").read_text())
     roles = [m["role"] for m in transcript["messages"]]
     assert roles == ["user", "assistant", "user", "assistant", "user", "assistant"]
     assert transcript["messages"][0]["content"] == "Generate an image of: a red circle on the left"
-    assert transcript["messages"][1]["content"] == "<image>"
+    assert transcript["messages"][1]["content"] == "<boi>"  # the drawing, as its codes (not an <image>)
     assert transcript["messages"][4]["content"].startswith("<image>\n")
-    assert transcript["images"] == [str(drawn), str(photo)]
-    # The question about the drawing was answered with the drawing's features in the prompt: the first text
-    # prompt after /draw carried exactly the saved PNG's pixels.
+    assert transcript["images"] == [str(photo)]
+    [drawing] = transcript["drawings"]
     model = UnifiedModel.from_pretrained(model_dir)
-    text_calls = [(ids, px) for ids, px in seen if px is not None]
+    cfg = model.config
+    codes = torch.tensor(drawing["codes"])
+    assert drawing["file"] == str(drawn) and codes.shape == tuple(cfg.grid_size)
+    assert np.array_equal(np.asarray(Image.open(drawn)), np.asarray(decode_codes(model, codes[None])[0]))
+    # The question about the drawing was answered with the drawing's codes in the prompt, after <boi>, and no
+    # image features; the next question also saw the photo's features.
+    drawing_ids = [cfg.boi_token_id, *(codes.flatten() + cfg.code_offset).tolist(), cfg.eoi_token_id]
+    text_calls = [(ids[0].tolist(), px) for ids, px in seen if int(ids[0, -1]) != cfg.boi_token_id]
     ids, px = text_calls[0]
-    assert int((ids == model.config.image_token_id).sum()) == model.config.num_image_features
-    assert torch.allclose(px[0], model.processor.image_tensor(str(drawn)))
-    ids, px = text_calls[1]  # the next question saw both images, in order
-    assert px.shape[0] == 2 and torch.allclose(px[1], model.processor.image_tensor(str(photo)))
-    # after /reset, "hello" was asked without images
-    assert seen[-1][1] is None
+    assert px is None and cfg.image_token_id not in ids and _contains(ids, drawing_ids)
+    ids, px = text_calls[1]
+    assert ids.count(cfg.image_token_id) == cfg.num_image_features and _contains(ids, drawing_ids)
+    assert px.shape[0] == 1 and torch.allclose(px[0], model.processor.image_tensor(str(photo)))
+    # after /reset, "hello" was asked without images or drawings
+    assert seen[-1][1] is None and cfg.boi_token_id not in seen[-1][0].tolist()
+
+
+def _contains(ids: list[int], part: list[int]) -> bool:
+    return any(ids[i : i + len(part)] == part for i in range(len(ids)))
 
 
 def test_chat_attaches_image_from_command_line(model_dir, photo, tmp_path, monkeypatch, capsys):
+    _trained(monkeypatch, CONVERSATION_TRAINED)
     code, _out, err = _chat(monkeypatch, capsys, ["--model", str(model_dir), "--image", str(photo),
                                                  "--max-new-tokens", "3"], ["what is this?",
                                                                             f"/save {tmp_path / 's.json'}"])
     assert code == 0 and err == ""
     t = json.loads((tmp_path / "s.json").read_text())
     assert t["images"] == [str(photo)] and t["messages"][0]["content"].startswith("<image>\n")
+
+
+@pytest.mark.parametrize("history, expected", [
+    (None, "no training history"),
+    ([], "no training history"),
+    ([{"stage": "unified-align", "steps": 50, "tasks": ["describe"]},
+      {"stage": "unified-gen", "steps": 300, "tasks": ["t2i"]}], "unified-align: describe; unified-gen: t2i"),
+    (CONVERSATION_TRAINED, None),
+])
+def test_chat_warns_about_a_model_never_trained_on_conversations(model_dir, monkeypatch, capsys, history, expected):
+    _trained(monkeypatch, history)
+    code, _out, err = _chat(monkeypatch, capsys, ["--model", str(model_dir), "--max-new-tokens", "2"], ["hi"])
+    assert code == 0
+    if expected is None:
+        assert err == ""
+    else:
+        [line] = err.strip().splitlines()  # one line, at start
+        assert "warning: this model was never trained on conversations" in line and expected in line
+
+
+def test_chat_prints_control_characters_escaped(model_dir, monkeypatch, capsys):
+    assert printable("ok\x1b[31mred\r\x07\x7f\x9b\u202eevil\n\tnext") == \
+        "ok\\x1b[31mred\\x0d\\x07\\x7f\\x9b\\u202eevil\n\tnext"
+    assert printable("plain text, ünïcödé, 画 \u200b") == "plain text, ünïcödé, 画 \u200b"
+
+    def ask(self, text):  # an untrained model's reply: any bytes
+        yield "a\x1b]0;pwned\x07"
+        yield "b\rc\n"
+
+    monkeypatch.setattr(ChatSession, "ask", ask)
+    code, out, _err = _chat(monkeypatch, capsys, ["--model", str(model_dir)], ["hi"])
+    assert code == 0 and "a\\x1b]0;pwned\\x07b\\x0dc\n" in out
+    assert not any(ch in out for ch in "\x1b\x07\r")
 
 
 @pytest.mark.parametrize("args, match", [

@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqrae.unified_model import generate_text, generation, sample_image_codes, validate_sampling
-from vqrae.unified_model.generation import candidates, guidance_scale_at, sample
-from vqrae.unified_model.testing import tiny_unified_model
+from vqrae.tokenizer import VQRAE
+from vqrae.tokenizer.testing import tiny_vqrae_config
+from vqrae.unified_model import UnifiedModel, generate_text, generation, sample_image_codes, validate_sampling
+from vqrae.unified_model.generation import (
+    NonFiniteLogitsError,
+    candidates,
+    guidance_scale_at,
+    iter_text_tokens,
+    sample,
+)
+from vqrae.unified_model.testing import tiny_llm, tiny_text_tokenizer, tiny_unified_model
 
 PROMPTS = ["a red circle", "a green triangle above a yellow circle on the left"]  # different lengths: padding
 
@@ -260,8 +268,6 @@ def test_streamed_answer_equals_batched_answer_and_stops(um):
     assert "".join(pieces) == batched[0] and len(pieces) >= 1
     assert um.chat(msgs, [img], max_new_tokens=12) == batched[0]
     # A stop token ends the answer where it appears (and is not part of it).
-    from vqrae.unified_model.generation import iter_text_tokens
-
     free = [int(t[0]) for t in iter_text_tokens(um, [prompt], um.processor.pixel_values([img]), max_new_tokens=4)]
     saved = um.processor.stop_token_ids
     um.processor.stop_token_ids = saved + [free[2]] if free[2] not in free[:2] else saved + [free[0]]
@@ -277,8 +283,67 @@ def test_streamed_answer_equals_batched_answer_and_stops(um):
 def test_text_answers_never_contain_codes_or_image_specials(um):
     msgs = [{"role": "user", "content": "how many shapes are there?"}]
     prompt, _ = um.processor.encode_conversation(msgs, add_generation_prompt=True)
-    from vqrae.unified_model.generation import iter_text_tokens
-
     toks = torch.cat([t for t in iter_text_tokens(um, [prompt], max_new_tokens=30, temperature=2.0, seed=1)])
     allowed = um.text_token_mask()
     assert bool(allowed[toks].all())
+
+
+# ----- broken logits, stop tokens -----
+def _with_head_bias(model, bias: torch.Tensor):
+    head = model.llm.get_output_embeddings()
+    head.bias = torch.nn.Parameter(bias)
+    return model
+
+
+@pytest.mark.parametrize("where", ["everywhere", "one code"])
+def test_nan_logits_are_an_error_not_a_token(where):
+    model = tiny_unified_model(seed=3)
+    lo = model.config.code_offset
+    with torch.no_grad():
+        weight = model.llm.get_output_embeddings().weight
+        weight[lo + 5 if where == "one code" else slice(None)] = float("nan")  # argmax would pick a NaN code
+    with pytest.raises(NonFiniteLogitsError, match="NaN logits at step 0"):
+        model.generate_images(["a red circle"], num_images=1, cfg_scale=3.0, temperature=0.0, seed=0)
+    with pytest.raises(NonFiniteLogitsError, match="NaN logits at step 0"):
+        sample_image_codes(model, ["a red circle"], [0], cfg_scale=None, temperature=1.0)
+    if where == "everywhere":
+        with pytest.raises(NonFiniteLogitsError, match="NaN logits at step 0 .*text token"):
+            model.chat([{"role": "user", "content": "how many shapes?"}], max_new_tokens=4)
+
+
+def test_minus_inf_everywhere_is_an_error_not_a_token():
+    model = tiny_unified_model(seed=3)
+    vocab = model.llm.get_output_embeddings().weight.shape[0]
+    _with_head_bias(model, torch.full((vocab,), float("-inf")))
+    for temperature in (0.0, 1.0):
+        with pytest.raises(NonFiniteLogitsError, match="-inf .* at step 0"):
+            sample_image_codes(model, ["a red circle"], [0], cfg_scale=None, temperature=temperature)
+        with pytest.raises(NonFiniteLogitsError, match="-inf .* at step 0"):
+            model.chat([{"role": "user", "content": "how many shapes?"}], max_new_tokens=4, temperature=temperature)
+    # Only the text tokens at -inf: image codes are still sampled fine, text is an error.
+    bias = torch.zeros(vocab)
+    bias[: model.config.code_offset] = float("-inf")
+    _with_head_bias(model, bias)
+    assert sample_image_codes(model, ["a red circle"], [0], cfg_scale=None, temperature=0.0).shape == (1, 16)
+    with pytest.raises(NonFiniteLogitsError, match="every allowed text token"):
+        model.chat([{"role": "user", "content": "how many shapes?"}], max_new_tokens=4)
+
+
+def test_eos_stops_the_answer_when_it_is_also_the_pad_token():
+    """Many LLM tokenizers have no pad token and use EOS for it; the text mask bans pad, never a stop token."""
+    torch.manual_seed(0)
+    tok = tiny_text_tokenizer()
+    tok.pad_token = tok.eos_token
+    model = UnifiedModel.from_components(tiny_llm(len(tok)), tok, VQRAE(tiny_vqrae_config()).eval(),
+                                         template="plain").eval()
+    eos = tok.eos_token_id
+    assert model.config.pad_token_id == eos and model.processor.stop_token_ids == [eos]
+    vocab = model.llm.get_output_embeddings().weight.shape[0]
+    bias = torch.zeros(vocab)
+    bias[eos] = 1000.0  # the model wants to stop at once
+    _with_head_bias(model, bias)
+    prompt, _ = model.processor.encode_conversation([{"role": "user", "content": "how many shapes?"}], True)
+    steps = [int(t[0]) for t in iter_text_tokens(model, [prompt], max_new_tokens=6)]
+    assert steps == [eos]  # it stopped at the first step
+    assert model.chat([{"role": "user", "content": "how many shapes?"}], max_new_tokens=6) == ""
+    assert generate_text(model, [prompt, prompt[2:]], max_new_tokens=6) == ["", ""]

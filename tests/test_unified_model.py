@@ -40,13 +40,28 @@ def test_vocabulary_layout(um):
     assert max(um.processor.tokenize("a red circle <boi> <eoi> <image> " * 3)) < c.code_offset
 
 
-def test_code_embeddings_come_from_projected_codebook(um):
+def _mean_cosine(rows: torch.Tensor) -> float:
+    unit = torch.nn.functional.normalize(rows.float(), dim=-1)
+    sim = unit @ unit.T
+    n = len(rows)
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+
+def test_code_embeddings_keep_the_projected_codebooks_geometry_and_differ(um):
     with torch.no_grad():
         proj = um.projector(um.vqrae.code_features())
-        rows = um.llm.get_input_embeddings().weight[um.config.code_offset:]
-    # Rescaled projected codebook vectors: same directions.
-    cos = torch.nn.functional.cosine_similarity(proj, rows, dim=-1)
+        table = um.llm.get_input_embeddings().weight
+        rows, text = table[um.config.code_offset:], table[: um.config.code_offset]
+    centred = proj - proj.mean(0)
+    # The rows are the centred projected codebook placed around the text mean: same directions once centred.
+    cos = torch.nn.functional.cosine_similarity(centred, rows - text.mean(0), dim=-1)
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-4)
+    # A random projector maps every code near one direction; the rows must not inherit that: they are as distinct
+    # from each other as the text rows are.
+    assert _mean_cosine(proj) > 0.5
+    assert _mean_cosine(rows) < _mean_cosine(text) + 0.1
+    radius = lambda r: float((r - text.mean(0)).norm(dim=-1).mean())
+    assert abs(radius(rows) / radius(text) - 1) < 1e-3
     mean_model = tiny_unified_model(seed=0, code_init="mean")
     mrows = mean_model.llm.get_input_embeddings().weight[mean_model.config.code_offset:]
     assert not torch.allclose(torch.nn.functional.cosine_similarity(proj, mrows, dim=-1), torch.ones(len(proj)))
@@ -64,14 +79,14 @@ def test_save_load_identical_logits_and_samples(um, tmp_path):
     assert _settings(loaded.config.to_dict()) == _settings(um.config.to_dict())
     batch = UnifiedCollator(um.processor)([_vqa(2), {"caption": "a red circle", "image": _images(1)[0]}])
     with torch.no_grad():
-        a, b = um(**batch), loaded(**batch)
+        a, b = um(**batch, return_logits=True), loaded(**batch, return_logits=True)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.loss, b.loss)
     kw = {"num_images": 2, "cfg_scale": 3.0, "temperature": 1.0, "top_k": 20, "seed": 7}
     assert torch.equal(um.generate_images(["a red circle"], **kw).codes,
                        loaded.generate_images(["a red circle"], **kw).codes)
     mapped = UnifiedModel.from_pretrained(tmp_path / "m", device_map="auto")  # the accelerate loading path
     with torch.no_grad():
-        assert torch.equal(mapped(**batch).logits, a.logits)
+        assert torch.equal(mapped(**batch, return_logits=True).logits, a.logits)
 
 
 def test_from_pretrained_missing_folder_or_file(um, tmp_path):

@@ -70,6 +70,9 @@ class PlainBackend:
             return None
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if not torch.isfinite(norm):  # the engine stops the run; the weights in memory stay as they were
+            self.optimizer.zero_grad(set_to_none=True)
+            return float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -45,11 +45,13 @@ def micro_batches(
     world_size: int = 1,
     seed: int = 0,
     num_workers: int = 0,
+    shuffle: bool = True,
 ) -> Iterator[Any]:
     """Endless micro-batches for one process, from micro-batch number `start` on (epochs roll over; an epoch's
     incomplete last batch is dropped). DataLoader seeds come from (seed, epoch), never from the global RNG, so
-    starting an iterator mid-run does not shift the random stream the model draws from."""
-    sampler = ShardedSampler(len(dataset), rank, world_size, seed)
+    starting an iterator mid-run does not shift the random stream the model draws from. `shuffle=False` keeps the
+    dataset's own order (a data mixture that is random already and groups its samples into batches)."""
+    sampler = ShardedSampler(len(dataset), rank, world_size, seed, shuffle=shuffle)
     per_epoch = sampler.per_rank // batch_size
     epoch, offset = divmod(start, per_epoch)
     while True:

@@ -5,7 +5,7 @@
     result = train(get_stage("tokenizer-stage1")(config))   # -> TrainResult(output_dir, final_dir, step, ...)
 
 Per optimizer step: `grad_accum` micro-batches (forward via `Stage.loss`, backward), the loss and metrics averaged
-over micro-batches and processes, a non-finite loss or gradient norm stops the run (before the update and before
+over micro-batches and processes (weighted by their targets when the stage counts them: `Stage.target_count`), a non-finite loss or gradient norm stops the run (before the update and before
 any save), the update, then logging, evaluation and checkpointing in that order. Output folder:
 
     config.yaml  metrics.jsonl  loss.png  checkpoints/step-XXXXXXXX/  checkpoints/latest  final/
@@ -185,7 +185,8 @@ class Engine:
 
         log = MetricsLog(self.out / "metrics.jsonl", resume_step=step) if dist.is_main else None
         batches = micro_batches(dataset, cfg.batch_size, stage.collate, start=step * cfg.grad_accum,
-                                rank=dist.rank, world_size=dist.world_size, seed=cfg.seed, num_workers=cfg.num_workers)
+                                rank=dist.rank, world_size=dist.world_size, seed=cfg.seed, num_workers=cfg.num_workers,
+                                shuffle=stage.shuffle_data)
         global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
         bar = tqdm(total=cfg.max_steps, initial=step, desc=stage.name or "train", disable=not dist.is_main,
                    dynamic_ncols=True)
@@ -230,12 +231,16 @@ class Engine:
         cfg, backend = self.cfg, self.backend
         backend.model.train()
         sums: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.grad_accum):
-            batch = self.stage.to_device(next(batches))
+        micro_batches = [next(batches) for _ in range(cfg.grad_accum)]
+        scales = self._micro_batch_scales(micro_batches)
+        for micro, batch in enumerate(micro_batches):
+            batch = self.stage.to_device(batch)
             with backend.autocast():
                 loss, metrics = self.stage.loss(backend.model, batch, step)
             if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
                 raise ValueError(f"stage {self.stage.name}: loss() must return a scalar tensor, got {loss!r:.80}")
+            if scales is not None:
+                loss = loss * scales[micro]
             backend.backward(loss)
             for k, v in {"loss": loss, **metrics}.items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
@@ -253,6 +258,22 @@ class Engine:
                 self._diverged(step + 1, f"gradient norm is {grad_norm}", values)
             values["grad_norm"] = grad_norm
         return values
+
+    def _micro_batch_scales(self, micro_batches: list) -> list[float] | None:
+        """Per-micro-batch loss factors that make the step's loss the mean over all its targets (every micro-batch
+        of every process), not the mean of per-micro-batch means: a micro-batch of 3 answer tokens must not weigh
+        as much as one of 500 image codes. Backends average over micro-batches and processes, so micro-batch i's
+        mean loss is scaled by n_i * grad_accum * world_size / N. None when the stage does not count targets."""
+        counts = [self.stage.target_count(b) for b in micro_batches]
+        if any(c is None for c in counts):
+            return None
+        total = float(sum(counts))
+        if self.dist.world_size > 1:  # one device sync per step, only where there is something to add up
+            total = float(distributed.all_reduce_sum(torch.tensor(total, dtype=torch.float64, device=self.device)))
+        if total <= 0:
+            return None
+        k = self.cfg.grad_accum * self.dist.world_size
+        return [c * k / total for c in counts]
 
     def _diverged(self, step: int, what: str, values: dict[str, float]) -> None:
         latest = self.ckpts.latest()

@@ -7,7 +7,7 @@ name in `train/stages/__init__.py`. The engine calls, in order:
     module = stage.build_model()             # after seeding: nn.Module holding every parameter the loss touches
     groups = stage.param_groups(module)      # AdamW groups, each may carry its own "lr" / "weight_decay" / "name"
     data = stage.train_dataset()             # map-style Dataset; batches come from stage.collate
-    loss, metrics = stage.loss(model, batch, step)   # every micro-batch
+    loss, metrics = stage.loss(model, batch, step)   # every micro-batch (weighted by stage.target_count)
     stage.evaluate(model, step)              # every eval_every steps and at the end, in eval mode, no grad
     stage.export(module, state_dict, folder) # once, main process only, with the full fp32 weights
 
@@ -48,6 +48,9 @@ class Stage:
     # (a pretrained LLM) are partitioned as they are created. Stages that copy or edit weights while building (the
     # tokenizer stages deep-copy the encoder as the stage-2 teacher) keep the default.
     partitioned_init: ClassVar[bool] = False
+    # False: the engine takes the training dataset in its own order (one already random, e.g. a data mixture that
+    # groups samples into batches by length) instead of a fresh permutation per epoch.
+    shuffle_data: ClassVar[bool] = True
 
     def __init__(self, config: TrainConfig):
         if not isinstance(config, self.config_class):
@@ -85,6 +88,12 @@ class Stage:
         raise NotImplementedError
 
     # -- optional hooks
+    def target_count(self, batch: Any) -> float | None:
+        """How many (weighted) targets the micro-batch's mean loss averages over, or None (the default) to weigh
+        every micro-batch the same. With counts, the engine makes a step's loss the mean over all the targets of
+        its micro-batches and processes, whatever their lengths (gradient accumulation stays exact)."""
+        return None
+
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         """Called on every process (ZeRO-3 forwards need them all); the main process's dict is logged."""
         return {}

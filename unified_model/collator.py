@@ -10,22 +10,37 @@ Records (dicts), any mix in one batch:
   probability p.
 - describe (alignment): `{"task": "describe", "caption": str, "image": ...}`: `<image>` + a describe prompt,
   answered with the caption (LLaVA-1.5's pretraining data). Labels: the caption.
-A record's `task` ("conversation", "t2i", "describe") says which; without one, a record with a conversation is a
+- draw: `{"task": "draw", "caption": str, "image" or "codes": ..., "followup": [{"question", "answer"}, ...]}`: a
+  chat turn asking for a drawing of the caption, answered with `<boi>` + codes + `<eoi>` (exactly what the model
+  emits when it draws by itself in `vqrae chat`), then optional questions about that drawing answered in text.
+  Labels: the codes and the answers.
+A record's `task` ("conversation", "t2i", "describe", "draw") says which; without one, a record with a conversation is a
 conversation (ShapesWorld items carry a caption as well) and a caption record is text-to-image.
 An image is a path, a PIL image or a (3, H, W) tensor in [0, 1]; `file_name` (records) and `pixels` (the data
-readers' items) are accepted for `image`. Relative paths are opened as they are: resolve them against the record
+readers' items) are accepted for `image`. A single-image record may carry `vqrae_features` (N, feature_dim), the
+VQRAE's features of its image computed once (data/feature_cache.py), in place of the image (or `image_codes`
+(h*w,), its codes, for a model that reads images as codes: `UnifiedConfig.image_input`); `codes` likewise for
+text-to-image and drawing records. Relative paths are opened as they are: resolve them against the record
 file's folder before collating.
 
-The batch: `input_ids`, `attention_mask`, `labels` (B, L), right-padded; `pixel_values` (M, 3, S, S) for the
-`<image>` slots in reading order; `gen_pixel_values` (G, 3, S, S) for caption records given as images, whose code
+The batch: `input_ids`, `attention_mask`, `labels` (B, L), right-padded; `pixel_values` (M, 3, S, S) (or
+`vqrae_features` (M, N, D) when the records carry them; one batch never mixes the two) for the `<image>` slots in
+reading order; `gen_pixel_values` (G, 3, S, S) for caption records given as images, whose code
 slots hold `GEN_SLOT` until `UnifiedModel.forward` tokenizes them. A bad record raises `InvalidRecord` (malformed
 fields, an unknown role, an empty caption, a missing or unreadable image, wrong number of images, too long to
-truncate without cutting an image): it is skipped, counted in `skipped` and logged. Any other exception is a bug
-and propagates.
+truncate without cutting an image): it is skipped, counted in `skipped` and logged, and the batch's `skipped` entry
+says how many of its records were dropped (a count that survives DataLoader workers, whose collator copies' own
+`skipped` the main process never sees). Any other exception is a bug and propagates.
+
+Caption dropout (classifier-free guidance) is decided per record from (`seed`, the record's `sample_id`): the data
+mixture numbers every sample it hands out, so the decision does not depend on the worker that collates it, does
+not repeat across workers, and is the same after a resume. Records without a `sample_id` use the collator's own
+random stream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -40,6 +55,7 @@ from vqrae.data.records import IMAGE_TOKEN, ROLE_ALIASES, InvalidRecord
 
 from .modeling import GEN_SLOT
 from .processing import UnifiedProcessor
+from .vocab import BOI_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +102,10 @@ def record_image(record: dict):
     return None
 
 
-TASKS = ("conversation", "t2i", "describe")
+TASKS = ("conversation", "t2i", "describe", "draw")
+# How a drawing request is phrased; picked per record (by its caption), so the model does not learn one sentence.
+DRAW_REQUESTS = ("Draw {x}.", "Please draw {x}.", "Can you draw {x}?", "Make a picture of {x}.",
+                 "Show me {x}.", "I would like an image of {x}.")
 
 
 def record_task(record: dict) -> str:
@@ -103,6 +122,13 @@ def record_task(record: dict) -> str:
     if "caption" in record:
         return "t2i"
     raise InvalidRecord("a record needs 'caption', 'messages' or a non-empty 'conversations' list")
+
+
+def draw_request(caption: str) -> str:
+    """The user turn asking for a drawing of `caption` ("a photo of a red circle" -> "Draw a red circle.")."""
+    x = caption.strip().removeprefix("a photo of ").rstrip(".")
+    pick = int(hashlib.sha1(caption.encode()).hexdigest()[:8], 16) % len(DRAW_REQUESTS)
+    return DRAW_REQUESTS[pick].format(x=x)
 
 
 def record_images(record: dict) -> list:
@@ -128,9 +154,20 @@ class UnifiedCollator:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         self._rng = random.Random(self.seed)
 
+    def drops_caption(self, record: dict) -> bool:
+        """Whether this text-to-image record trains the unconditional prompt (see the module docstring)."""
+        if self.caption_dropout <= 0:
+            return False
+        sample_id = record.get("sample_id")
+        if sample_id is None:
+            return self._rng.random() < self.caption_dropout
+        digest = hashlib.sha1(f"{self.seed}:{sample_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.caption_dropout
+
     def encode_record(self, record: dict) -> tuple[list[int], list[int], list[torch.Tensor], list[torch.Tensor]]:
-        """-> (ids, labels, images for <image> slots, images to tokenize for code slots); InvalidRecord if bad."""
-        proc, cfg = self.processor, self.processor.config
+        """-> (ids, labels, images (or feature tensors) for <image> slots, images to tokenize for code slots);
+        InvalidRecord if bad."""
+        proc = self.processor
         if not isinstance(record, dict):
             raise InvalidRecord(f"a record must be a dict, got {type(record).__name__}")
         task = record_task(record)
@@ -138,39 +175,65 @@ class UnifiedCollator:
             caption = record.get("caption")
             if not isinstance(caption, str) or not caption.strip():
                 raise InvalidRecord("a describe record needs a non-empty 'caption'")
-            if record_image(record) is None:
+            if all(record.get(k) is None for k in ("image", "file_name", "pixels", "vqrae_features", "image_codes")):
                 raise InvalidRecord("a describe record needs an 'image'")
             record = {"messages": [{"role": "user", "content": f"{IMAGE_TOKEN}\n{self.describe_prompt}"},
                                    {"role": "assistant", "content": caption}],
-                      "images": [record_image(record)]}
+                      "images": [record_image(record)], "vqrae_features": record.get("vqrae_features"),
+                      "image_codes": record.get("image_codes")}
             task = "conversation"
-        if task == "t2i":
-            caption = record.get("caption")
-            if not isinstance(caption, str):
-                raise InvalidRecord(f"caption must be a string, got {type(caption).__name__}")
-            drop = self.caption_dropout > 0 and self._rng.random() < self.caption_dropout
-            prompt = _validated("caption", proc.t2i_prompt_ids, caption, uncond=drop)
-            n = cfg.num_image_tokens
-            gen: list[torch.Tensor] = []
-            if record.get("codes") is not None:
-                codes = self._codes(record["codes"])
-                slots = (codes + cfg.code_offset).tolist()
-            elif record_image(record) is not None:
-                gen = [self._image(record_image(record))]
-                slots = [GEN_SLOT] * n
-            else:
-                raise InvalidRecord("a caption record needs an 'image' or 'codes'")
-            suffix = proc.t2i_suffix_ids()
-            ids = prompt + slots + suffix
-            labels = [IGNORE_INDEX] * len(prompt) + slots + [IGNORE_INDEX] * len(suffix)
-            return ids, labels, [], gen
+        if task in ("t2i", "draw"):
+            return self._encode_drawing(record, task)
         messages = record_messages(record)
-        images = record_images(record)
+        if record.get("image_codes") is not None:  # a codes-reading model (config.image_input == "codes")
+            if proc.count_images(messages) != 1:
+                raise InvalidRecord("image_codes stand for one image, but the conversation has "
+                                    f"{proc.count_images(messages)} <image> placeholder(s)")
+            ids, target = _validated("conversation", proc.encode_conversation, messages)
+            labels = [t if is_t else IGNORE_INDEX for t, is_t in zip(ids, target)]
+            return ids, labels, [self._codes(record["image_codes"])], []
+        features = record.get("vqrae_features")
+        images = [features] if features is not None else record_images(record)
         if proc.count_images(messages) != len(images):
             raise InvalidRecord(f"{proc.count_images(messages)} <image> placeholder(s) but {len(images)} image(s)")
         ids, target = _validated("conversation", proc.encode_conversation, messages)
         labels = [t if is_t else IGNORE_INDEX for t, is_t in zip(ids, target)]
+        if features is not None:
+            return ids, labels, [self._features(features)], []
         return ids, labels, [self._image(im) for im in images], []
+
+    def _encode_drawing(self, record: dict, task: str):
+        """A text-to-image record (prompt, `<boi>`, codes, `<eoi>`) or a drawing conversation."""
+        proc, cfg = self.processor, self.processor.config
+        n = cfg.num_image_tokens
+        caption = record.get("caption")
+        if not isinstance(caption, str):
+            raise InvalidRecord(f"caption must be a string, got {type(caption).__name__}")
+        gen: list[torch.Tensor] = []
+        if record.get("codes") is not None:
+            codes = self._codes(record["codes"])
+            drawing, slots = codes, (codes + cfg.code_offset).tolist()
+        elif record_image(record) is not None:
+            gen = [self._image(record_image(record))]
+            drawing, slots = None, [GEN_SLOT] * n
+        else:
+            raise InvalidRecord(f"a {task} record needs an 'image' or 'codes'")
+        if task == "t2i":
+            prompt = _validated("caption", proc.t2i_prompt_ids, caption, uncond=self.drops_caption(record))
+            suffix = proc.t2i_suffix_ids()
+            ids = prompt + slots + suffix
+            labels = [IGNORE_INDEX] * len(prompt) + slots + [IGNORE_INDEX] * len(suffix)
+            return ids, labels, [], gen
+        if not caption.strip():
+            raise InvalidRecord("a draw record needs a non-empty 'caption'")
+        messages = [{"role": "user", "content": draw_request(caption)}, {"role": "assistant", "content": BOI_TOKEN}]
+        for qa in record.get("followup") or []:
+            if not isinstance(qa, dict) or not all(isinstance(qa.get(k), str) for k in ("question", "answer")):
+                raise InvalidRecord("followup entries must be {'question': str, 'answer': str}")
+            messages += [{"role": "user", "content": qa["question"]}, {"role": "assistant", "content": qa["answer"]}]
+        ids, target = _validated("draw", proc.encode_conversation, messages, drawings=[drawing])
+        labels = [t if is_t else IGNORE_INDEX for t, is_t in zip(ids, target)]
+        return ids, labels, [], gen
 
     def _codes(self, values: Any) -> torch.Tensor:
         cfg = self.processor.config
@@ -182,6 +245,14 @@ class UnifiedCollator:
         if codes.numel() != n or int(codes.min()) < 0 or int(codes.max()) >= k:
             raise InvalidRecord(f"codes must be {n} values in [0, {k})")
         return codes
+
+    def _features(self, values: Any) -> torch.Tensor:
+        cfg = self.processor.config
+        feats = torch.as_tensor(values)
+        if feats.dim() != 2 or feats.shape[0] != cfg.num_image_features or not feats.is_floating_point():
+            raise InvalidRecord(f"vqrae_features must be a float ({cfg.num_image_features}, feature_dim) tensor, "
+                                f"got shape {tuple(feats.shape)}")
+        return feats
 
     def _image(self, image: Any) -> torch.Tensor:
         """A record's image at the model's input size; a missing or undecodable one is an InvalidRecord."""
@@ -203,7 +274,7 @@ class UnifiedCollator:
         return ids[: self.max_length], labels[: self.max_length]
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
-        rows, pixels, gen_pixels = [], [], []
+        rows, images, gen_pixels = [], [], []
         errors = []
         for i, rec in enumerate(records):
             try:
@@ -215,7 +286,7 @@ class UnifiedCollator:
                 logger.warning("skipping record %d: %s (%d skipped so far)", i, exc, self.skipped)
                 continue
             rows.append((ids, labels))
-            pixels.extend(imgs)
+            images.extend(imgs)
             gen_pixels.extend(gen)
         if not rows:
             raise ValueError("every record in the batch was bad: " + "; ".join(errors))
@@ -228,9 +299,14 @@ class UnifiedCollator:
             batch_ids[r, : len(ids)] = torch.tensor(ids)
             batch_labels[r, : len(labels)] = torch.tensor(labels)
             mask[r, : len(ids)] = 1
-        batch = {"input_ids": batch_ids, "attention_mask": mask, "labels": batch_labels}
-        if pixels:
-            batch["pixel_values"] = torch.stack(pixels)
+        batch = {"input_ids": batch_ids, "attention_mask": mask, "labels": batch_labels,
+                 "skipped": torch.tensor(len(records) - len(rows))}
+        if images:
+            # Pixels are (3, S, S), cached features (N, D), cached codes (h*w,): one batch holds one kind.
+            if len({im.dim() for im in images}) > 1:
+                raise ValueError("a batch mixes records with cached vqrae_features / image_codes and records with "
+                                 "images: cache every understanding source or none")
+            batch[{1: "image_codes", 2: "vqrae_features", 3: "pixel_values"}[images[0].dim()]] = torch.stack(images)
         if gen_pixels:
             batch["gen_pixel_values"] = torch.stack(gen_pixels)
         return batch

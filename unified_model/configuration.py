@@ -17,6 +17,7 @@ from .projector import PROJECTOR_TYPES
 
 UNCOND_MODES = ("empty", "pad", "learned")
 CODE_INITS = ("projector", "mean")
+IMAGE_INPUTS = ("features", "codes")
 
 
 class UnifiedConfig(PreTrainedConfig):
@@ -40,6 +41,9 @@ class UnifiedConfig(PreTrainedConfig):
             the sampler: `"empty"` (the t2i prompt with an empty caption), `"pad"` (caption tokens replaced by pad
             tokens, LlamaGen-style) or `"learned"` (the caption replaced by one learned `<uncond>` token).
         code_init: how the code embeddings were initialised (`"projector"`: projected codebook vectors; `"mean"`).
+        image_input: what fills an `<image>`'s slots when the model reads an image: `"features"` (the VQRAE's
+            continuous features through the projector: the paper's design) or `"codes"` (the embeddings of the
+            image's discrete codes, the ones it draws with: the `vqrae ablate understanding-input` baseline).
     """
 
     model_type = "vqrae_unified"
@@ -66,6 +70,7 @@ class UnifiedConfig(PreTrainedConfig):
     t2i_prompt: str = "Generate an image of: {caption}"
     uncond: str = "empty"
     code_init: str = "projector"
+    image_input: str = "features"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -74,6 +79,8 @@ class UnifiedConfig(PreTrainedConfig):
             raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
         if self.uncond not in UNCOND_MODES:
             raise ValueError(f"uncond must be one of {UNCOND_MODES}, got {self.uncond!r}")
+        if self.image_input not in IMAGE_INPUTS:
+            raise ValueError(f"image_input must be one of {IMAGE_INPUTS}, got {self.image_input!r}")
         if self.code_init not in CODE_INITS:
             raise ValueError(f"code_init must be one of {CODE_INITS}, got {self.code_init!r}")
         if "{caption}" not in self.t2i_prompt:

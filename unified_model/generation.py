@@ -8,6 +8,9 @@ the next token of every row. On top of it:
   linear ramp from 1 to the scale over the image); one seed per image.
 - `generate_text` / `stream_text` / `stream_chat`: answers, greedy by default, streamed as text pieces.
 
+A model that produces NaN logits, or rules out every allowed token (-inf everywhere), makes the sampler raise
+`NonFiniteLogitsError` (a ValueError: the CLI reports it in one line) instead of returning an arbitrary token.
+
 Randomness: each row (image or answer) draws its uniforms from its own `torch.Generator`, seeded with
 `seed + row index`, before the loop starts; a token is then picked by inverse-CDF on its probabilities. So an image
 depends only on its prompt, settings and seed, not on the batch it was generated in, and the loop itself pays
@@ -40,6 +43,31 @@ ChooseFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 # ----- validation and sampling primitives -----
+class NonFiniteLogitsError(ValueError):
+    """The model's logits cannot be sampled from: NaN, or every allowed token at -inf. A broken checkpoint (or an
+    overflow in a low-precision dtype), not a sampler setting; argmax / softmax would silently return some token."""
+
+
+def nonfinite_rows(logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(2, B) bool on the logits' device: the rows of `logits` (B, V) with a NaN, and those with no finite value,
+    among `rows` (a (B,) bool mask; default all). No host sync: the image loop checks once, after its last step."""
+    flags = torch.stack([torch.isnan(logits).any(-1), ~torch.isfinite(logits).any(-1)])
+    return flags if rows is None else flags & rows
+
+
+def check_logits(flags: torch.Tensor, step: int, what: str) -> None:
+    """Raise `NonFiniteLogitsError` for the `nonfinite_rows` flags of step `step`; `what` names the tokens."""
+    nan, none = flags.cpu()
+    if bool(nan.any()):
+        raise NonFiniteLogitsError(f"the model produced NaN logits at step {step} (row {int(nan.nonzero()[0, 0])}) "
+                                   f"while sampling a {what}: its weights or activations are broken (a bad "
+                                   f"checkpoint, or a dtype overflow)")
+    if bool(none.any()):
+        raise NonFiniteLogitsError(f"the model gave every allowed {what} a logit of -inf (or no finite logit) at step "
+                                   f"{step} (row {int(none.nonzero()[0, 0])}): there is nothing to sample (a bad "
+                                   f"checkpoint?)")
+
+
 def validate_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                       cfg_scale: float | None = None, cfg_schedule: str = "constant") -> None:
     """One clear error per nonsensical value (the CLI prints it and exits 2)."""
@@ -215,6 +243,7 @@ def sample_codes(
     device = model.device
     embeds = model.embed(ids.to(device), pixel_values)
     uniforms = row_uniforms(seeds, n, device) if temperature > 0 else None
+    broken = torch.zeros(n, 2, b, dtype=torch.bool, device=device)  # nonfinite_rows of each step
 
     def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
         logits = logits[:, lo:hi]  # only codes can be sampled
@@ -222,12 +251,16 @@ def sample_codes(
             cond, uncond = logits[:b], logits[b:]
             s = guidance_scale_at(step, n, cfg_scale, cfg_schedule)
             logits = cond + (s - 1.0) * (cond - uncond) if s != 1.0 else cond
+        broken[step] = nonfinite_rows(logits)  # what is sampled from; checked after the loop (no sync per step)
         tok = sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, step]) + lo
         return tok.repeat(2) if guided else tok  # both halves continue with the same token
 
     codes = torch.empty(b, n, dtype=torch.long, device=device)
     for step, tok in enumerate(decode(model.llm, embeds, mask, n, choose, use_cache=use_cache)):
         codes[:, step] = tok[:b] - lo
+    bad_steps = broken.flatten(1).any(1).nonzero()
+    if len(bad_steps):
+        check_logits(broken[int(bad_steps[0, 0])], int(bad_steps[0, 0]), "image code")
     return codes
 
 
@@ -333,14 +366,17 @@ def iter_text_tokens(
     banned = ~model.text_token_mask().to(device)
     stop_ids = list(model.processor.stop_token_ids)
     if allow_boi:
-        banned[cfg.boi_token_id] = False
         stop_ids.append(cfg.boi_token_id)
+    # A stop token is always allowed: the mask bans pad, and a tokenizer whose pad is its EOS (common for LLMs
+    # without a pad token) would otherwise lose the only way to end an answer.
+    banned[[i for i in stop_ids if 0 <= i < banned.shape[0]]] = False
     stops = torch.tensor(stop_ids, device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     uniforms = row_uniforms([seed + r for r in range(len(prompts))], max_new_tokens, device) if temperature else None
 
     def choose(step: int, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.masked_fill(banned[: logits.shape[-1]].to(logits.device), float("-inf"))
+        check_logits(nonfinite_rows(logits, ~finished), step, "text token")  # the loop syncs every step anyway
         tok = sample(logits, temperature, top_k, top_p, None if uniforms is None else uniforms[:, step])
         return tok.masked_fill(finished, cfg.pad_token_id)
 
@@ -405,12 +441,19 @@ class DrawnImage:
     seed: int
 
 
-def _chat_prompt(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput]):
+def _chat_prompt(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput],
+                 drawings: Sequence = ()):
+    """The prompt ids (the images' slots expanded, each `<boi>` followed by its drawing's codes and `<eoi>`) and
+    the pixel values of the images."""
     proc = model.processor
     n_slots = proc.count_images(messages)
     if n_slots != len(images):
         raise ValueError(f"the conversation has {n_slots} <image> placeholder(s) but {len(images)} image(s)")
-    prompt, _ = proc.encode_conversation(messages, add_generation_prompt=True)
+    drawings = list(drawings)
+    if any(d is None for d in drawings):
+        raise ValueError("a drawing in a prompt needs its codes (None is only for training data, where the model "
+                         "tokenizes the image)")
+    prompt, _ = proc.encode_conversation(messages, add_generation_prompt=True, drawings=drawings)
     return prompt, proc.pixel_values(images)
 
 
@@ -420,21 +463,25 @@ def _text_defaults(model: UnifiedModel, sampling: dict) -> dict:
 
 
 def stream_chat(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput] = (),
-                **sampling) -> Iterator[str]:
-    """The assistant's next reply to `messages`, one image per `<image>` in order, streamed as text (the model may
-    not open an image here; `stream_reply` lets it)."""
-    prompt, pixel_values = _chat_prompt(model, messages, images)
+                drawings: Sequence = (), **sampling) -> Iterator[str]:
+    """The assistant's next reply to `messages`, one image per `<image>` in order and one drawing (h*w codes) per
+    `<boi>` in order, streamed as text (the model may not open an image here; `stream_reply` lets it)."""
+    prompt, pixel_values = _chat_prompt(model, messages, images, drawings)
     return stream_text(model, prompt, pixel_values, **_text_defaults(model, sampling))
 
 
 def stream_reply(model: UnifiedModel, messages: Sequence[dict], images: Sequence[ImageInput] = (),
-                 draw: dict | None = None, draw_seed: int = 0, max_images: int = 4,
+                 draw: dict | None = None, draw_seed: int = 0, max_images: int = 4, drawings: Sequence = (),
                  **sampling) -> Iterator[str | DrawnImage]:
     """The assistant's next reply, in which the model may draw: text pieces, and a `DrawnImage` each time it emits
     `<boi>`. Then the image sampler takes over (codes only, classifier-free guidance against the unconditional
     text-to-image prompt, `draw` settings over the model's sampling defaults), decodes the image, appends `<eoi>`
-    and the text goes on. At most `max_images` images per reply; image i is drawn with seed `draw_seed + i`."""
-    prompt, pixel_values = _chat_prompt(model, messages, images)  # bad input fails here, before any token
+    and the text goes on. At most `max_images` images per reply; image i is drawn with seed `draw_seed + i`.
+
+    `images` fill the conversation's `<image>`s, `drawings` (h*w codes each) its `<boi>`s, both in order: an
+    earlier drawing is in the prompt as `<boi>` + its codes + `<eoi>`, the way the model drew it. To keep a drawing
+    in the conversation, write `<boi>` where it was in the reply and add its codes to `drawings`."""
+    prompt, pixel_values = _chat_prompt(model, messages, images, drawings)  # bad input fails here, before any token
     text_kw = _text_defaults(model, sampling)
     validate_sampling(**{k: text_kw[k] for k in ("temperature", "top_k", "top_p")})
     image_kw = model.sampling_config.replace(**(draw or {})).image_kwargs()

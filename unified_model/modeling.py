@@ -19,19 +19,23 @@ Generation: the LLM predicts `<boi>` + h*w code ids + `<eoi>`; `unified_model.ge
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import ModelOutput
 
 from vqrae.tokenizer import VQRAE
 from vqrae.tokenizer.hub import check_model_source
 
 from .configuration import UnifiedConfig
 from .generation import generate_images, stream_chat, stream_reply
+from .loss import token_loss
 from .processing import ImageInput, UnifiedProcessor
 from .projector import build_projector
 from .sampling_config import SamplingConfig
@@ -41,6 +45,19 @@ logger = logging.getLogger(__name__)
 
 # Marks, in a training batch's input_ids and labels, the code slots of images the forward pass tokenizes itself.
 GEN_SLOT = -2
+TRAINING_FILE = "training.json"  # how the model in a folder was trained: one entry per stage (training_history)
+
+
+@dataclass
+class UnifiedOutput(ModelOutput):
+    """`forward` with labels: the loss (see `unified_model.loss`) and its parts; `logits` only when asked for."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    text_loss: torch.Tensor | None = None
+    image_loss: torch.Tensor | None = None
+    text_tokens: int | None = None
+    image_tokens: int | None = None
 
 
 def default_attn_implementation(device: str | torch.device | None = None) -> str:
@@ -69,6 +86,9 @@ class UnifiedModel(PreTrainedModel):
         # Not weights: the text side and the defaults, attached by from_pretrained / from_components.
         self.processor: UnifiedProcessor | None = None
         self.sampling_config = SamplingConfig(image_tokens=config.num_image_tokens)
+        # One entry per training stage this model went through ({"stage", "steps", "tasks", "data", ...}), saved as
+        # training.json beside the weights: `vqrae chat` warns about a model that never saw conversations.
+        self.training_history: list[dict] = []
         self._text_mask: torch.Tensor | None = None
         self.post_init()
 
@@ -155,11 +175,16 @@ class UnifiedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """The weights and config (transformers), then the processor and the sampling defaults beside them."""
+        if self._has_lora() and kwargs.get("state_dict") is None:
+            raise ValueError("the LLM carries LoRA adapters: save with unified_model.lora.save_lora, or merge_lora "
+                             "first (a plain save would write keys from_pretrained cannot place)")
         super().save_pretrained(save_directory, **kwargs)
         if kwargs.get("is_main_process", True):
             if self.processor is not None:
                 self.processor.save_pretrained(save_directory)
             self.sampling_config.save_pretrained(save_directory)
+            with open(os.path.join(save_directory, TRAINING_FILE), "w") as f:
+                json.dump(self.training_history, f, indent=2)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args,
@@ -178,6 +203,7 @@ class UnifiedModel(PreTrainedModel):
         processor.config = model.config  # one config object for model and processor, as from_components builds
         model.attach_processor(processor)
         model.sampling_config = SamplingConfig.from_pretrained(source) or model.sampling_config
+        model.training_history = _read_training_history(source)
         if model.sampling_config.image_tokens not in (0, model.config.num_image_tokens):
             raise ValueError(f"{source}: sampling_config.json says {model.sampling_config.image_tokens} image tokens, "
                              f"the model draws {model.config.num_image_tokens}")
@@ -185,10 +211,15 @@ class UnifiedModel(PreTrainedModel):
             model.to(device)
         return model.eval()
 
+    def _has_lora(self) -> bool:
+        return type(self.llm).__module__.startswith("peft")
+
     @torch.no_grad()
     def init_code_embeddings(self, mode: str = "projector") -> None:
         """(Re)initialise the code embeddings: `"projector"` = the projected codebook vectors (call again after
         the projector is trained to start generation training from its mapping), `"mean"` = mean init."""
+        if self._has_lora():  # peft's token rows would shadow what is written into the base table
+            raise ValueError("initialise the code embeddings before add_lora, not after")
         if mode == "projector":
             device = next(self.projector.parameters()).device
             feats = self.vqrae.code_features().to(device)
@@ -203,13 +234,15 @@ class UnifiedModel(PreTrainedModel):
     def set_trainable(self, projector: bool = True, llm: bool = True, vqrae: bool = False) -> None:
         """Choose what a training stage updates (align: projector only; SFT / generation: projector + LLM).
         A frozen VQRAE is run under no_grad."""
+        if llm and self._has_lora():
+            raise ValueError("the LLM carries LoRA adapters: its base stays frozen (set_trainable(llm=False))")
         for module, flag in ((self.projector, projector), (self.llm, llm), (self.vqrae, vqrae)):
             module.requires_grad_(flag)
 
     # ----- embeddings -----
     @property
     def device(self) -> torch.device:
-        return self.llm.get_input_embeddings().weight.device
+        return next(self.llm.parameters()).device
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(M, 3, H, W) in [0, 1] -> (M, N, hidden): projected continuous features."""
@@ -222,9 +255,14 @@ class UnifiedModel(PreTrainedModel):
 
     def embed(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None, vqrae_features: torch.Tensor | None = None,
+        image_codes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with the image slots filled by projected features (from `pixel_values`, or given)."""
+        """Token embeddings with the image slots filled by projected features: from `pixel_values`, from
+        `vqrae_features` (M, N, feature_dim: the VQRAE's continuous features, e.g. cached while it is frozen), or
+        given already projected as `image_features` (M, N, hidden). A model whose `config.image_input` is "codes"
+        reads an image as the embeddings of its h*w codes instead (from `pixel_values`, or `image_codes` (M, h*w)
+        in [0, K) computed once)."""
         emb = self.llm.get_input_embeddings()
         slots = input_ids == self.config.image_token_id
         embeds = emb(input_ids.clamp_min(0))
@@ -233,6 +271,18 @@ class UnifiedModel(PreTrainedModel):
             if pixel_values is not None and len(pixel_values) > 0:
                 raise ValueError(f"{len(pixel_values)} image(s) given but the prompt has no <image>")
             return embeds
+        if self.config.image_input == "codes" and image_features is None:
+            if image_codes is None:
+                if pixel_values is None:
+                    raise ValueError("the prompt has <image> slots but no images were given")
+                with torch.no_grad():
+                    vq_param = next(self.vqrae.parameters())
+                    image_codes = self.vqrae.tokenize(pixel_values.to(device=vq_param.device, dtype=vq_param.dtype))
+            image_features = emb(image_codes.reshape(image_codes.shape[0], -1).to(embeds.device)
+                                 + self.config.code_offset)
+        if image_features is None and vqrae_features is not None:
+            proj = next(self.projector.parameters())
+            image_features = self.projector(vqrae_features.to(device=proj.device, dtype=proj.dtype))
         if image_features is None:
             if pixel_values is None:
                 raise ValueError("the prompt has <image> slots but no images were given")
@@ -253,16 +303,34 @@ class UnifiedModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         gen_pixel_values: torch.Tensor | None = None,
+        vqrae_features: torch.Tensor | None = None,
+        image_codes: torch.Tensor | None = None,
+        text_weight: float = 1.0,
+        image_weight: float = 1.0,
+        return_logits: bool = False,
+        skipped: torch.Tensor | None = None,
         **kwargs,
     ):
-        """Next-token loss on a collated batch (see `UnifiedCollator`). `gen_pixel_values` are the images of
-        text-to-image records: tokenized here into codes that fill the `GEN_SLOT` positions of ids and labels."""
+        """Without labels: the LLM's output (logits over the whole extended vocabulary). With labels (a collated
+        batch, see `UnifiedCollator`): a `UnifiedOutput` whose loss scores text targets against text rows and code
+        targets against code rows, weighted by `text_weight` / `image_weight` (`unified_model.loss`); logits of
+        every position only with `return_logits=True`. `gen_pixel_values` are the images of text-to-image records:
+        tokenized here into codes that fill the `GEN_SLOT` positions of ids and labels. `skipped` (the collator's
+        count of dropped records) is bookkeeping, accepted so a batch can be passed as `model(**batch)`."""
         if gen_pixel_values is not None and len(gen_pixel_values) > 0:
             input_ids, labels = self.fill_generation_slots(input_ids, labels, gen_pixel_values)
         if (input_ids == GEN_SLOT).any():
             raise ValueError("batch has image-code slots but no gen_pixel_values")
-        embeds = self.embed(input_ids, pixel_values)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        embeds = self.embed(input_ids, pixel_values, vqrae_features=vqrae_features, image_codes=image_codes)
+        if labels is None:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        kwargs.setdefault("use_cache", False)
+        hidden = self.llm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)[0]
+        head = self.llm.get_output_embeddings()
+        parts = token_loss(hidden, labels, head, self.config.code_range, text_weight, image_weight)
+        return UnifiedOutput(loss=parts.loss, logits=head(hidden) if return_logits else None,
+                             text_loss=parts.text_loss, image_loss=parts.image_loss,
+                             text_tokens=parts.text_tokens, image_tokens=parts.image_tokens)
 
     @torch.no_grad()
     def fill_generation_slots(self, input_ids, labels, gen_pixel_values):
@@ -273,8 +341,8 @@ class UnifiedModel(PreTrainedModel):
         if int(slots.sum()) != codes.numel():
             raise ValueError(f"batch has {int(slots.sum())} code slots but {codes.numel()} codes were tokenized")
         input_ids = input_ids.masked_scatter(slots, codes)
-        if labels is not None:
-            labels = labels.masked_scatter(labels == GEN_SLOT, codes)
+        if labels is not None:  # a label slot is a target at the same position (codes drawn, not read)
+            labels = torch.where(labels == GEN_SLOT, input_ids, labels)
         return input_ids, labels
 
     # ----- inference (delegates to the one sampler) -----
@@ -288,6 +356,9 @@ class UnifiedModel(PreTrainedModel):
             for i in (c.image_token_id, c.boi_token_id, c.eoi_token_id, c.uncond_token_id, c.pad_token_id):
                 if 0 <= i < vocab:
                     mask[i] = False
+            for i in self.processor.stop_token_ids:  # a pad token that is also EOS must still end an answer
+                if 0 <= i < vocab:
+                    mask[i] = True
             self._text_mask = mask
         return self._text_mask
 
@@ -307,6 +378,27 @@ class UnifiedModel(PreTrainedModel):
     def generate_images(self, prompts: str | Sequence[str], **kwargs):
         """See `unified_model.generation.generate_images`."""
         return generate_images(self, [prompts] if isinstance(prompts, str) else list(prompts), **kwargs)
+
+
+def _read_training_history(source: str) -> list[dict]:
+    """training.json of a folder or hub id ([] for a model saved before the file existed)."""
+    path = os.path.join(source, TRAINING_FILE)
+    if not os.path.isfile(path):
+        if os.path.isdir(source):
+            return []
+        from transformers.utils import cached_file
+
+        path = cached_file(str(source), TRAINING_FILE, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            return []
+    try:
+        with open(path) as f:
+            history = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg})") from None
+    if not isinstance(history, list):
+        raise ValueError(f"{path}: expected a list of training stages, got {type(history).__name__}")  # noqa: TRY004
+    return history
 
 
 AutoConfig.register(UnifiedConfig.model_type, UnifiedConfig, exist_ok=True)

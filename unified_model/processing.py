@@ -6,10 +6,20 @@
 
 One place tokenizes for training (the collator) and inference (chat, the sampler), so both see the same ids:
 - a conversation is rendered by its template (`templates.resolve_template`: the LLM tokenizer's own chat template
-  by default, a registry template otherwise) as segments, each segment tokenized on its own, and every `<image>`
-  expanded to N copies of the image token id (the slots the projected features fill);
-- a text-to-image request is the template's user turn with the `t2i_prompt`, then the assistant prefix and `<boi>`;
-  the unconditional variant (classifier-free guidance) replaces the caption as `uncond` says.
+  by default, a registry template otherwise) and the rendered text is tokenized *as a whole*, so BPE merges across
+  the template's pieces are kept (": a" is [":", " a"], as `apply_chat_template(tokenize=True)` has it); which tokens
+  are targets (the assistant's replies and their end marker) is read from the tokens' character offsets. One
+  exception: no token may straddle the start of a reply, because an inference prompt ends exactly there (the
+  generation prompt); where the whole-text tokenization would merge across it (a header ending in a space, like
+  `plain`'s "ASSISTANT: "), the text is cut there, so a training conversation always begins with the very ids its
+  inference prompt has. Every `<image>` becomes N copies of the image token id (the slots the projected features
+  fill); every `<boi>` becomes `<boi>` + a drawing's h*w code ids + `<eoi>` (the `drawings` of `encode_conversation`);
+- a text-to-image request is the template's user turn with the `t2i_prompt` (the caption inside it), then the
+  assistant prefix and `<boi>`, tokenized as a whole as well; the unconditional variant (classifier-free guidance)
+  replaces the caption as `uncond` says.
+
+Text typed by a user (or sampled from the model) is not trusted: `escape` makes sure it never tokenizes to a special
+id (`<image>`, `<boi>`, a template's `<|im_start|>`, ...); captions are always escaped.
 
 The processor carries the settings it needs from the model's `UnifiedConfig` (`processor.config`: template, ids,
 grid, codebook) as its own init kwargs, so a processor folder works without the model: `save_pretrained` writes
@@ -18,7 +28,11 @@ grid, codebook) as its own init kwargs, so a processor folder works without the 
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +51,20 @@ from .vocab import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, UNCOND_TOKEN
 ImageInput = Image.Image | str | os.PathLike | bytes | np.ndarray | torch.Tensor
 
 _CAPTION_MARK = "\x00caption\x00"  # splits the rendered t2i prompt around the caption; never in real text
+# What `escape` inserts into a special token's text: invisible, so the text reads the same, and outside every
+# special token, so the result tokenizes as plain text.
+ESCAPE_MARK = "\u200b"  # ZERO WIDTH SPACE
+# Marks, in input_ids and labels, the code slots of a drawing the forward pass tokenizes itself (a drawing given as
+# None). The same value as `modeling.GEN_SLOT` (modeling imports this module, so it is declared here again rather
+# than imported; a test checks the two are equal).
+GEN_SLOT = -2
 _PADDING = (False, True, "longest", "max_length", "do_not_pad")
+
+
+@functools.lru_cache(maxsize=8)
+def _special_pattern(specials: tuple[str, ...]) -> re.Pattern | None:
+    """A regex matching any of `specials`, longest first (a tokenizer matches its added tokens that way)."""
+    return re.compile("|".join(map(re.escape, sorted(set(specials), key=len, reverse=True)))) if specials else None
 
 
 # The UnifiedConfig fields the processor needs, saved in processor_config.json (its init kwargs).
@@ -169,12 +196,107 @@ class UnifiedProcessor(ProcessorMixin):
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
+    def _tokens(self, text: str, start: int = 0) -> tuple[list[int], list[tuple[int, int]]]:
+        """`text` (which begins at `start` of a longer text) -> ids and their character offsets in the longer text.
+
+        Offsets are those of a fast tokenizer; some (GPT-2's `trim_offsets`) leave a token's leading or trailing
+        spaces out of its span, so a span is a token's core, never more: the readers below only rely on that."""
+        if not text:
+            return [], []
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"UnifiedProcessor needs a fast (Rust `tokenizers`) text tokenizer for token offsets, "
+                             f"got {type(self.tokenizer).__name__}")
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [(start + s, start + e) for s, e in enc["offset_mapping"]]
+
+    def _piece(self, text: str, start: int, end: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Tokens of `text[start:end]`, a text cut at `start` (0: not cut). A piece after a cut is tokenized after a
+        newline that is then dropped (Hugging Face's `encode_marked_chat` does the same): a SentencePiece tokenizer
+        would otherwise add the word-start mark it puts at the beginning of every text."""
+        if start == 0:
+            return self._tokens(text[:end])
+        newline = self.tokenize("\n")
+        ids, offsets = self._tokens("\n" + text[start:end], start - 1)
+        if newline and ids[: len(newline)] == newline:
+            return ids[len(newline):], offsets[len(newline):]
+        return self._tokens(text[start:end], start)
+
+    def _token_border(self, ids: list[int], offsets: list[tuple[int, int]], text: str, start: int,
+                      cut: int) -> int | None:
+        """The index of the first token after position `cut` when `cut` falls between two of the tokens `ids` of
+        `text[start:]`; None when a token straddles it."""
+        starts = [s for s, _ in offsets]
+        i = bisect.bisect_left(starts, cut)
+        if i < len(offsets) and starts[i] == cut and (i == 0 or offsets[i - 1][1] == cut):
+            return i  # a token begins where its neighbour ends: there, whatever the offsets left out
+        if any(s < cut < e for s, e in offsets):
+            return None  # inside a token
+        # Only trimmed spaces around `cut`: the text before it must tokenize to the first tokens on its own.
+        head, _ = self._piece(text, start, cut)
+        return len(head) if ids[: len(head)] == head else None
+
+    def _tokenize_whole(self, text: str, cuts: Sequence[int] = ()
+                        ) -> tuple[list[int], list[tuple[int, int]], dict[int, int]]:
+        """`text` tokenized as a whole, except that no token straddles a position in `cuts` (the starts of the
+        replies, where an inference prompt ends): where one would, the text is cut there and the part before it is
+        tokenized on its own, as that inference prompt is. Also returns, for each cut, the index of the first token
+        after it. Each pass tokenizes the text once; a second one only runs when a cut was needed."""
+        cuts = sorted(set(cuts))
+        applied: set[int] = set()
+        while True:
+            bounds = [0, *sorted(applied), len(text)]
+            ids, offsets, borders, straddled = [], [], {}, set()
+            for start, end in itertools.pairwise(bounds):
+                part_ids, part_offsets = self._piece(text, start, end)
+                for c in cuts:
+                    if c == start or (c <= 0 and start == 0):
+                        borders[c] = len(ids)
+                    elif start < c < end:
+                        at = self._token_border(part_ids, part_offsets, text, start, c)
+                        if at is None:
+                            straddled.add(c)
+                        else:
+                            borders[c] = len(ids) + at
+                ids += part_ids
+                offsets += part_offsets
+            if not straddled:
+                borders.update({c: len(ids) for c in cuts if c >= len(text)})
+                return ids, offsets, borders
+            applied |= straddled
+
+    @staticmethod
+    def _overlaps(offsets: list[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
+        """Per token: whether its span overlaps one of `spans` (character ranges [a, b)). A span that GPT-2's
+        `trim_offsets` emptied (a run of spaces) lies at the end of the spaces it stands for."""
+        return [any((s < b and e > a) if e > s else a < s <= b for a, b in spans) for s, e in offsets]
+
     def _bos(self) -> list[int]:
         if self.template.add_bos:
             if self.tokenizer.bos_token_id is None:
                 raise ValueError(f"template {self.template.name!r} wants a BOS token, the tokenizer has none")
             return [self.tokenizer.bos_token_id]
         return []
+
+    def escape(self, text: str) -> str:
+        """`text` as plain text: every special string of the tokenizer in it (`<image>`, `<boi>`, `<eoi>`,
+        `<uncond>`, the template's `<|im_start|>`, EOS, ...: every added token) gets a zero-width space
+        (`ESCAPE_MARK`) after its first character, so it tokenizes as the characters it is written with and never
+        as the special id. The text prints the same and the model reads it nearly so. Use it on anything a user
+        typed or a model sampled before it joins a conversation (`ChatSession` does); leave alone the placeholders
+        the program itself puts in (an `<image>` per attached image, a `<boi>` per drawing). Added tokens of one
+        character cannot be broken this way and are left as they are."""
+        pattern = self._escape_pattern()
+        if pattern is None:
+            return text
+        for _ in range(len(text) + 1):  # an escape cannot create a new match; the loop only handles overlaps
+            escaped = pattern.sub(lambda m: m.group(0)[0] + ESCAPE_MARK + m.group(0)[1:], text)
+            if escaped == text:
+                return text
+            text = escaped
+        return text
+
+    def _escape_pattern(self) -> re.Pattern | None:
+        return _special_pattern(tuple(t for t in self.tokenizer.added_tokens_encoder if len(t) > 1 and not t.isspace()))
 
     def _expand(self, ids: list[int], target: bool, out_ids: list[int], out_target: list[bool]) -> None:
         """Append `ids` to `out_ids`, each image token as N image-slot ids (never a target)."""
@@ -187,38 +309,120 @@ class UnifiedProcessor(ProcessorMixin):
                 out_ids.append(tok)
                 out_target.append(target)
 
+    def _drawing_ids(self, drawing: Any, index: int) -> list[int]:
+        """A drawing (h*w codes in [0, K), any shape; None: the forward pass tokenizes it) -> its code ids."""
+        n, k = self.config.num_image_tokens, self.config.codebook_size
+        if drawing is None:
+            return [GEN_SLOT] * n
+        try:
+            codes = torch.as_tensor(drawing).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"drawing {index}: codes must be {n} integers in [0, {k}): {exc}") from None
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise ValueError(f"drawing {index}: codes must be integers, got {codes.dtype}")
+        if codes.numel() != n or (n and (int(codes.min()) < 0 or int(codes.max()) >= k)):
+            raise ValueError(f"drawing {index}: codes must be {n} values in [0, {k}), got {codes.numel()} values"
+                             + (f" in [{int(codes.min())}, {int(codes.max())}]" if codes.numel() else ""))
+        return (codes.long() + self.config.code_offset).tolist()
+
     def encode_conversation(
-        self, messages: Sequence[dict], add_generation_prompt: bool = False
+        self, messages: Sequence[dict], add_generation_prompt: bool = False, drawings: Sequence[Any] = (),
     ) -> tuple[list[int], list[bool]]:
-        """Messages -> (ids, is_target). Each `<image>` becomes N image-slot ids (never a target)."""
-        ids = self._bos()
+        """Messages -> (ids, is_target): the rendered conversation tokenized as a whole (see the module docstring),
+        the assistant's replies and their end marker as targets.
+
+        Each `<image>` becomes N image-slot ids (never a target). Each `<boi>` in a message's content is a drawing:
+        the i-th `<boi>` of the conversation becomes `<boi>` + the code ids of `drawings[i]` (h*w codes in [0, K),
+        a list or tensor of any shape; None: `GEN_SLOT`s, to be filled by the forward pass from an image) +
+        `<eoi>`, all of them targets in an assistant turn (the model learns to draw) and context in a user turn.
+        A message writes a drawing as `<boi>` alone: the codes and `<eoi>` come from `drawings`.
+        """
+        segments = self.template.segments(list(messages), add_generation_prompt, self.eos)
+        text, spans = "", []
+        for piece, is_target in segments:
+            if is_target:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        ids, offsets, borders = self._tokenize_whole(text, cuts=[a for a, _ in spans])
+        # A reply's tokens: from the token border at its start (exact, whatever the offsets) to the first token
+        # that begins at or after its end (the end marker, a special token, ends it exactly in every template).
         target = [False] * len(ids)
-        for text, is_target in self.template.segments(list(messages), add_generation_prompt, self.eos):
-            self._expand(self.tokenize(text), is_target, ids, target)
-        return ids, target
+        for a, b in spans:
+            i = borders[a]
+            while i < len(ids) and offsets[i][0] < b:
+                target[i] = True
+                i += 1
+        bos = self._bos()
+        return self._expand_all(bos + ids, [False] * len(bos) + target, list(drawings))
+
+    def _expand_all(self, ids: list[int], target: list[bool], drawings: list) -> tuple[list[int], list[bool]]:
+        """Each `<image>` -> N image slots (context), each `<boi>` -> `<boi>` + a drawing's codes + `<eoi>`."""
+        cfg = self.config  # read once: a config attribute costs a lookup chain in transformers
+        boi, eoi, image_id, n = cfg.boi_token_id, cfg.eoi_token_id, cfg.image_token_id, cfg.num_image_features
+        n_boi = ids.count(boi) if boi >= 0 else 0
+        if n_boi != len(drawings):
+            raise ValueError(f"the conversation has {n_boi} {BOI_TOKEN} (drawing) marker(s) but {len(drawings)} "
+                             f"drawing(s) were given")
+        if eoi >= 0 and eoi in ids:
+            raise ValueError(f"a message contains {EOI_TOKEN}: a drawing is written as {BOI_TOKEN} alone, its codes "
+                             f"and {EOI_TOKEN} come from `drawings`")
+        if n_boi == 0 and image_id not in ids:
+            return ids, target
+        out_ids: list[int] = []
+        out_target: list[bool] = []
+        k = 0  # drawings so far
+        for tok, is_target in zip(ids, target):
+            if tok == image_id:
+                piece, is_target = [image_id] * n, False
+            elif tok == boi:
+                piece = [boi, *self._drawing_ids(drawings[k], k), eoi]
+                k += 1
+            else:
+                out_ids.append(tok)
+                out_target.append(is_target)
+                continue
+            out_ids.extend(piece)
+            out_target.extend([is_target] * len(piece))
+        return out_ids, out_target
 
     @staticmethod
     def count_images(messages: Sequence[dict]) -> int:
         return sum(str(m.get("content", "")).count(IMAGE_TOKEN) for m in messages)
 
+    @staticmethod
+    def count_drawings(messages: Sequence[dict]) -> int:
+        """How many `<boi>` (drawings) the messages hold: the number of `drawings` `encode_conversation` wants."""
+        return sum(str(m.get("content", "")).count(BOI_TOKEN) for m in messages)
+
     def t2i_prompt_ids(self, caption: str, uncond: bool = False) -> list[int]:
-        """The prompt of a text-to-image request, ending with `<boi>`; `uncond=True` gives its CFG counterpart."""
+        """The prompt of a text-to-image request, ending with `<boi>`; `uncond=True` gives its CFG counterpart.
+
+        The prompt is the template's user turn with `t2i_prompt` (the caption escaped: a caption is plain text)
+        and the generation prompt, tokenized as a whole, so the caption's first word merges with what precedes it
+        exactly as in any other text. Unconditional modes: `"empty"` renders the prompt with an empty caption;
+        `"learned"` with the single `<uncond>` token as the caption; `"pad"` replaces each token that holds caption
+        text by the pad id, so the unconditional prompt is as long as the conditional one and the image starts at
+        the same position."""
         if not uncond and not caption.strip():
             raise ValueError("empty prompt: a text-to-image prompt needs some text")
+        mode = self.config.uncond if uncond else None
+        if mode == "learned" and self.config.uncond_token_id < 0:
+            raise ValueError(f"uncond='learned' needs the {UNCOND_TOKEN} token in the text tokenizer")
+        inside = {"empty": "", "learned": UNCOND_TOKEN}.get(mode, self.escape(caption))
         user = self.config.t2i_prompt.replace("{caption}", _CAPTION_MARK)
-        rendered = self.template.render([{"role": "user", "content": user}], add_generation_prompt=True,
-                                        eos=self.eos)
-        head, tail = rendered.split(_CAPTION_MARK)
-        caption_ids = self.tokenize(caption)
-        if uncond:
-            mode = self.config.uncond
-            if mode == "empty":
-                caption_ids = []
-            elif mode == "learned":
-                caption_ids = [self.tokenizer.convert_tokens_to_ids(UNCOND_TOKEN)]
-            else:  # "pad": same length as the caption, so the image starts at the same position
-                caption_ids = [self.config.pad_token_id] * len(caption_ids)
-        return self._bos() + self.tokenize(head) + caption_ids + self.tokenize(tail) + [self.config.boi_token_id]
+        pieces = self.template.render([{"role": "user", "content": user}], add_generation_prompt=True,
+                                      eos=self.eos).split(_CAPTION_MARK)
+        text, spans = pieces[0], []
+        for piece in pieces[1:]:
+            spans.append((len(text), len(text) + len(inside)))
+            text += inside + piece
+        ids, offsets = self._tokens(text)
+        if mode == "pad":
+            pad = self.config.pad_token_id
+            ids = [pad if in_caption else t for t, in_caption in zip(ids, self._overlaps(offsets, spans))]
+        elif mode == "learned" and ids.count(self.config.uncond_token_id) != len(spans):
+            raise ValueError(f"{UNCOND_TOKEN} does not tokenize to uncond_token_id={self.config.uncond_token_id}")
+        return self._bos() + ids + [self.config.boi_token_id]
 
     def t2i_suffix_ids(self) -> list[int]:
         """What follows the codes in a training record: `<eoi>`, then the end of the assistant turn."""

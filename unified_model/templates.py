@@ -8,9 +8,11 @@ A template is chosen by name in `UnifiedConfig.template` and resolved with `reso
 - any other name: a template of this registry (`get_template`), e.g. `chatml` for a base LLM without a template.
 
 A template renders a conversation as a list of *segments* `(text, is_target)`: the assistant's replies (and the token
-that ends them) are targets, everything else is context. The same segments feed training (label masks) and inference
-(prompt), so both tokenize a conversation identically; a template derived from a chat template renders exactly what
-`apply_chat_template` renders (checked when it is derived).
+that ends them) are targets, everything else is context. The processor tokenizes the joined text as a whole and marks
+as targets the tokens inside the target segments' character ranges (`UnifiedProcessor.encode_conversation`), for
+training (label masks) and inference (prompt) alike; a template derived from a chat template renders exactly what
+`apply_chat_template` renders (checked when it is derived), so the ids are those of `apply_chat_template(tokenize=True)`
+(save where a token would straddle the start of a reply: see `processing`).
 
 Every special string a registry template uses (`<|im_start|>`, ...) is listed in `special_tokens` and added to the
 text tokenizer when the unified model is built, so any template works with any tokenizer (a from-scratch SentencePiece

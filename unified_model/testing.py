@@ -60,3 +60,21 @@ def tiny_unified_model(seed: int = 0, template: str = "chatml", image_size: int 
         overrides = {"encoder_config": encoder, "image_size": image_size, **overrides}
     vq = VQRAE(tiny_vqrae_config(**overrides)).eval()
     return UnifiedModel.from_components(llm, tok, vq, template=template, **kwargs).eval()
+
+
+def save_tiny_parts(folder) -> tuple:
+    """What a unified stage builds from, saved as folders: FOLDER/llm (a tiny Qwen2 and its BPE tokenizer with a
+    chatml chat template, as `lm-pretrain` exports) and FOLDER/vqrae (a tiny random VQRAE). Returns both paths."""
+    from pathlib import Path
+
+    from .templates import get_template
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    tok = tiny_text_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = get_template("chatml").to_jinja()
+    tiny_llm(len(tok)).save_pretrained(folder / "llm")
+    tok.save_pretrained(folder / "llm")
+    VQRAE(tiny_vqrae_config()).save_pretrained(folder / "vqrae")
+    return folder / "llm", folder / "vqrae"

@@ -85,21 +85,26 @@ def _tables(llm) -> list[nn.Module]:
 def init_code_embeddings(llm, code_offset: int, vectors: torch.Tensor | None) -> None:
     """Initialise the K code rows of every embedding table.
 
-    `vectors` (K, hidden): the projected codebook (the projector applied to `VQRAE.code_features()`), rescaled so
-    its mean norm equals the text embeddings' (a random projector has an arbitrary scale). `None`: every code row
-    gets the mean text embedding plus small noise scaled like the text rows' spread (mean init).
+    `vectors` (K, hidden): the projected codebook (the projector applied to `VQRAE.code_features()`). A projector
+    maps every codebook vector near one common direction (a random one: mean cosine ~0.98 between rows on the tiny
+    model), which makes all codes look alike to the LLM. So the rows are centred (their mean removed), scaled so
+    their spread equals the text rows' spread around the text mean, and placed around the text mean: the codes keep
+    the projector's geometry (which codes are close) at the scale of the text embeddings. `None`: every code row gets
+    the mean text embedding plus small noise scaled like the text rows' spread (mean init).
     """
     for table in _tables(llm):
         w = table.weight
-        text = w[:code_offset].float()
+        text = w[:code_offset].float().cpu()
         k = w.shape[0] - code_offset if vectors is None else vectors.shape[0]
         if code_offset + k > w.shape[0]:
             raise ValueError(f"{k} code vectors do not fit in an embedding table of {w.shape[0]} rows")
+        mean, spread = text.mean(0), text.std(0)
         if vectors is None:
             gen = torch.Generator().manual_seed(0)
-            noise = torch.randn(k, w.shape[1], generator=gen) * text.std(0).cpu() * 0.1
-            new = text.mean(0).cpu() + noise
+            new = mean + torch.randn(k, w.shape[1], generator=gen) * spread * 0.1
         else:
             v = vectors.detach().float().cpu()
-            new = v * (text.norm(dim=-1).mean().cpu() / v.norm(dim=-1).mean().clamp_min(1e-12))
+            v = v - v.mean(0)
+            text_radius = (text - mean).norm(dim=-1).mean()
+            new = mean + v * (text_radius / v.norm(dim=-1).mean().clamp_min(1e-12))
         w[code_offset : code_offset + k] = new.to(device=w.device, dtype=w.dtype)

@@ -17,6 +17,9 @@ STAGE_MODULES: dict[str, str] = {
     "tokenizer-stage1": "vqrae.train.stages.tokenizer",
     "tokenizer-stage2": "vqrae.train.stages.tokenizer",
     "lm-pretrain": "vqrae.train.stages.lm_pretrain",
+    "unified-align": "vqrae.train.stages.unified",
+    "unified-sft": "vqrae.train.stages.unified",
+    "unified-gen": "vqrae.train.stages.unified",
 }
 
 _registered: dict[str, type[Stage]] = {}
