@@ -320,3 +320,14 @@ def test_reader_items_feed_the_collator_for_every_task(um):
     assert answer.strip() == items[0]["caption"]
     with pytest.raises(ValueError, match="every record"):
         coll([{"task": "paint", "caption": "x", "pixels": items[0]["pixels"]}])
+
+
+def test_vicuna_v1_template_renders_llava_conversations():
+    """LLaVA-1.5's conv_vicuna_v1: system line, "USER: ... ASSISTANT: ...</s>", and <s> once at the start."""
+    t = get_template("vicuna_v1")
+    text = t.render([{"role": "user", "content": "<image>\nWhat colour?"}, {"role": "assistant", "content": "Red."},
+                     {"role": "user", "content": "Shape?"}], add_generation_prompt=True, eos="</s>")
+    assert text == ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                    "helpful, detailed, and polite answers to the human's questions. USER: <image>\nWhat colour? "
+                    "ASSISTANT: Red.</s>USER: Shape? ASSISTANT: ")
+    assert t.add_bos and t.stop_string("</s>") == "</s>"

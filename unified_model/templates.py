@@ -333,3 +333,20 @@ register_template(
         stop="{eos}",
     )
 )
+
+# LLaVA-1.5's conversation format for Vicuna v1.5 (LLaVA's `conv_vicuna_v1`): its system line, "USER: ... ASSISTANT:
+# ...</s>", the Llama tokenizer's <s> once at the start (Llama-2 models degrade without it).
+register_template(
+    ConversationTemplate(
+        name="vicuna_v1",
+        system="{content} ",
+        user="USER: {content} ",
+        assistant_prefix="ASSISTANT: ",
+        assistant_suffix="{eos}",
+        turn_separator="",
+        stop="{eos}",
+        default_system="A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+        "helpful, detailed, and polite answers to the human's questions.",
+        add_bos=True,
+    )
+)

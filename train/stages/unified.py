@@ -69,7 +69,7 @@ class UnifiedStageConfig(TrainConfig):
     eval_vqa: int = 0  # held-out ShapesWorld images whose VQA questions are asked at each evaluation (0: none)
     group_by_source: bool = True  # batches from one source each: similar lengths, less padding
     max_length: int = 1024  # longer records are cut (never inside an image) or, when they cannot be, skipped
-    caption_dropout: float = 0.0  # t2i records trained with the unconditional prompt (classifier-free guidance)
+    caption_dropout: float = 0.1  # t2i records trained with the unconditional prompt (what CFG guides against)
     text_weight: float = 1.0  # loss weight of text targets (answers)
     image_weight: float = 1.0  # loss weight of image-code targets
     lora: LoraSettings = dataclasses.field(default_factory=LoraSettings)
