@@ -29,6 +29,8 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Dataset
 
+from vqrae.data.shapes_text import SHORT_ANSWER
+
 logger = logging.getLogger(__name__)
 
 TASKS = ("conversation", "describe", "t2i", "draw")
@@ -94,7 +96,7 @@ class SourceDataset(Dataset):
             vqa = [q for q in item["record"].get("vqa") or [] if q.get("type") != "mc"]
             if vqa:  # which questions: fixed per image, so every pass over the source asks the same
                 start = item["record"].get("index", i) % len(vqa)
-                item["followup"] = [{"question": q["question"], "answer": q["answer"]}
+                item["followup"] = [{"question": f"{q['question']}\n{SHORT_ANSWER}", "answer": q["answer"]}
                                     for q in (vqa[start:] + vqa[:start])[: self.spec.followup]]
         if self.spec.task in ("t2i", "draw", "describe") and not item.get("caption"):
             item["caption"] = ""  # the collator skips and counts it (an empty caption is bad input)

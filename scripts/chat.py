@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
+from pathlib import Path
 
 from vqrae.cli import CLIError
 from vqrae.cli.generate import add_draw_arguments, add_model_arguments, draw_settings, load_model
@@ -45,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_draw_arguments(p, prefix="draw-")
     p.add_argument("--seed", type=int, default=0, help="seed of the first /draw (then +1 per drawing)")
     p.add_argument("--out-dir", default="runs/chat", help="where /draw saves images (default runs/chat)")
+    p.add_argument("--demo", action="store_true",
+                   help="instead of reading the terminal, run the scripted demo on a held-out ShapesWorld image (three "
+                        "questions, a drawing request, a question about the drawing), checked against the ground "
+                        "truth; writes transcript.md and demo.json to --out-dir")
     p.set_defaults(func=run)
 
 
@@ -83,6 +88,21 @@ def training_warning(model) -> str | None:
             f"expect its replies to be noise")
 
 
+def run_demo(model, args: argparse.Namespace) -> int:
+    from vqrae.eval.chat_demo import scripted_chat
+
+    result = scripted_chat(model, args.out_dir, seed=args.seed)
+    for t in result["turns"]:
+        print(f"> {printable(t['question'])}")
+        shown = printable(t["answer"]) + (f" (drew {t['image']})" if t.get("image") else "")
+        verdict = "right" if t["correct"] else "wrong"
+        print(f"{shown}    [{verdict}{', truth: ' + t['truth'] if 'truth' in t else ''}]")
+    print(f"{result['answers_correct']}/3 answers right, drew by itself: {result['drew_by_itself']}, drawing right: "
+          f"{result['drawing_correct']}, question about the drawing right: {result['followup_correct']}; "
+          f"transcript: {Path(args.out_dir) / 'transcript.md'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from vqrae.unified_model import validate_sampling
     from vqrae.unified_model.chat import ChatSession
@@ -96,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     answer = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
               "top_p": args.top_p, "seed": args.seed}
     model = load_model(args)
+    if args.demo:
+        return run_demo(model, args)
     session = ChatSession(model, out_dir=args.out_dir, answer=answer, draw=draw, seed=args.seed)
     for path in args.image:
         session.attach(path)  # a bad --image fails the command (exit 2)

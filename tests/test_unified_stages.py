@@ -220,3 +220,22 @@ def test_ablate_understanding_input_runs_both_arms_and_writes_a_table(parts, tmp
     assert UnifiedModel.from_pretrained(out / "codes" / "sft" / "final").config.image_input == "codes"
     assert UnifiedModel.from_pretrained(out / "features" / "sft" / "final").config.image_input == "features"
     assert "| codes |" in capsys.readouterr().out
+
+
+def test_chat_demo_runs_the_scripted_conversation_and_checks_it(aligned, tmp_path, capsys):
+    from vqrae.cli import main
+
+    _, result, _, _ = aligned
+    assert main(["chat", "--model", str(result.final_dir), "--demo", "--out-dir", str(tmp_path / "demo")]) == 0
+    demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert [t["kind"] for t in demo["turns"]] == ["count", "color", "shape", "draw", "drawing color"] or \
+        [t["kind"] for t in demo["turns"]][:4] == ["count", "color", "shape", "draw"]
+    assert all(isinstance(t["correct"], bool) for t in demo["turns"])
+    assert demo["answers_correct"] == sum(t["correct"] for t in demo["turns"][:3])
+    # what the model said is checked against the ground truth, not taken on trust
+    for t in demo["turns"][:3]:
+        from vqrae.eval.lmms.shapes_vqa import is_correct
+
+        assert t["correct"] == is_correct(t["kind"], t["truth"], t["answer"])
+    assert "Scripted chat" in (tmp_path / "demo" / "transcript.md").read_text()
+    assert "/3 answers right" in capsys.readouterr().out
