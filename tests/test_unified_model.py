@@ -197,6 +197,8 @@ def test_mixed_batch_loss_trains_projector_and_skips_bad_records(um, tmp_path):
     assert coll.skipped == 2 and batch["input_ids"].shape[0] == 3
     um.train()
     um.set_trainable(projector=True, llm=False)  # the align stage
+    um.train()  # a frozen VQRAE stays in eval mode (its outputs must match the cached / sampled ones)
+    assert um.llm.training and um.projector.training and not um.vqrae.training
     try:
         out = um(**batch)
         out.loss.backward()

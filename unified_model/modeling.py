@@ -239,6 +239,14 @@ class UnifiedModel(PreTrainedModel):
         for module, flag in ((self.projector, projector), (self.llm, llm), (self.vqrae, vqrae)):
             module.requires_grad_(flag)
 
+    def train(self, mode: bool = True):
+        """A frozen VQRAE stays in eval mode while the rest trains (its features and codes must not change with the
+        mode: the code/feature caches and the sampler see the eval-mode tokenizer)."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.vqrae.parameters()):
+            self.vqrae.eval()
+        return self
+
     # ----- embeddings -----
     @property
     def device(self) -> torch.device:
