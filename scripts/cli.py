@@ -28,6 +28,7 @@ COMMANDS = [
     "train",
     "eval",
     "ablate",
+    "scale",
     "chat",
     "generate",
     "export",

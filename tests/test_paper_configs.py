@@ -63,7 +63,7 @@ def mlp2x_gelu_params(d, h):
 
 
 def test_the_paper_folder_holds_one_config_per_stage_and_ships_with_the_package():
-    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == sorted(STAGES)
+    assert sorted(p.stem for p in PAPER.glob("*.yaml")) == sorted([*STAGES, "scaling"])  # + the scaling sweep
     pyproject = (CONFIG_DIR.parent / "pyproject.toml").read_text()
     assert re.search(r'"vqrae\.configs"\s*=\s*\[\s*"\*/\*\.yaml"\s*\]', pyproject)  # configs/paper/*.yaml included
 
