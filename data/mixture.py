@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 from torch.utils.data import Dataset
 
+from vqrae.data.records import IMAGE_TOKEN
 from vqrae.data.shapes_text import SHORT_ANSWER
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class SourceSpec:
     split: str = "train"  # shapes: the split rendered; a datasets dataset: the split read
     image_root: str | None = None  # records: folder their image paths are relative to (default: the file's)
     followup: int = 1  # draw records from ShapesWorld: questions about the drawing asked after it (0: none)
+    turns: int = 0  # conversation records: keep this many question-answer pairs of each (0: all); which ones
+    # rotates with the record, so every kind of question is still asked across the data set
     name: str = ""  # shown in logs and part of the cache key (default "data:task")
 
     def __post_init__(self) -> None:
@@ -54,8 +57,9 @@ class SourceSpec:
             raise ValueError(f"data source {self.label}: weight must be > 0, got {self.weight}")
         if self.num < 0 or (self.data == "shapes" and self.num == 0):
             raise ValueError(f"data source {self.label}: num must be > 0 for shapes (images to render), got {self.num}")
-        if self.followup < 0:
-            raise ValueError(f"data source {self.label}: followup must be >= 0, got {self.followup}")
+        if self.followup < 0 or self.turns < 0:
+            raise ValueError(f"data source {self.label}: followup and turns must be >= 0, got {self.followup}, "
+                             f"{self.turns}")
 
     @property
     def label(self) -> str:
@@ -92,6 +96,8 @@ class SourceDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = dict(self.items[i])
         item["task"] = self.spec.task
+        if self.spec.task == "conversation" and self.spec.turns and item.get("conversations"):
+            item["conversations"] = keep_turns(item["conversations"], self.spec.turns, i)
         if self.spec.task == "draw" and self.spec.followup and item.get("record"):
             vqa = [q for q in item["record"].get("vqa") or [] if q.get("type") != "mc"]
             if vqa:  # which questions: fixed per image, so every pass over the source asks the same
@@ -101,6 +107,23 @@ class SourceDataset(Dataset):
         if self.spec.task in ("t2i", "draw", "describe") and not item.get("caption"):
             item["caption"] = ""  # the collator skips and counts it (an empty caption is bad input)
         return item
+
+
+def keep_turns(turns: list[dict], k: int, index: int) -> list[dict]:
+    """`k` consecutive question-answer pairs of a LLaVA conversation (cyclically, starting at pair `index` mod the
+    number of pairs), the image placeholder moved to the first kept question. Conversations of up to `k` pairs, or
+    not made of (human, gpt) pairs, are returned as they are."""
+    pairs = [turns[j : j + 2] for j in range(0, len(turns), 2)]
+    if len(pairs) <= k or any(len(p) != 2 or p[0].get("from") != "human" for p in pairs):
+        return turns
+    start = index % len(pairs)
+    kept = [[dict(t) for t in pairs[(start + j) % len(pairs)]] for j in range(k)]
+    had_image = any(IMAGE_TOKEN in str(p[0].get("value", "")) for p in pairs)
+    for p in kept:
+        p[0]["value"] = str(p[0]["value"]).replace(f"{IMAGE_TOKEN}\n", "").replace(IMAGE_TOKEN, "")
+    if had_image:
+        kept[0][0]["value"] = f"{IMAGE_TOKEN}\n{kept[0][0]['value']}"
+    return [t for p in kept for t in p]
 
 
 def open_source(spec: SourceSpec, image_size: int, seed: int = 0) -> SourceDataset:

@@ -239,3 +239,19 @@ def test_chat_demo_runs_the_scripted_conversation_and_checks_it(aligned, tmp_pat
         assert t["correct"] == is_correct(t["kind"], t["truth"], t["answer"])
     assert "Scripted chat" in (tmp_path / "demo" / "transcript.md").read_text()
     assert "/3 answers right" in capsys.readouterr().out
+
+
+def test_conversation_turns_are_subsampled_with_the_image_kept_first():
+    from vqrae.data.mixture import SourceSpec, keep_turns, open_source
+
+    full = open_source(SourceSpec(task="conversation", data="shapes", num=4), image_size=32)
+    short = open_source(SourceSpec(task="conversation", data="shapes", num=4, turns=2), image_size=32)
+    for i in range(4):
+        a, b = full[i]["conversations"], short[i]["conversations"]
+        assert len(b) == 4 and [t["from"] for t in b] == ["human", "gpt", "human", "gpt"]
+        assert b[0]["value"].startswith("<image>\n") and "<image>" not in b[2]["value"]
+        # the kept pairs are pairs of the full conversation, starting at pair i
+        questions = [t["value"].replace("<image>\n", "") for t in a[::2]]
+        assert b[0]["value"].replace("<image>\n", "") == questions[i % len(questions)]
+        assert b[1]["value"] == a[2 * (i % len(questions)) + 1]["value"]
+    assert keep_turns(full[0]["conversations"], 99, 0) == full[0]["conversations"]
