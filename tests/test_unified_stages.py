@@ -90,7 +90,10 @@ def test_sft_trains_llm_and_projector_on_a_mixture_and_keeps_the_history(aligned
 def test_gen_trains_on_image_tokens_only(aligned, tmp_path):
     _, align_result, _, _ = aligned
     stage, result, losses = run_stage("unified-gen", tmp_path / "gen", f"init={align_result.final_dir}",
-                                      "lr=3e-3", data="[{task: t2i, data: shapes, num: 8}]")
+                                      "lr=3e-3", "gradient_checkpointing=true", "attn_implementation=sdpa",
+                                      data="[{task: t2i, data: shapes, num: 8}]")
+    assert stage.model.llm.is_gradient_checkpointing  # the switch reached the LLM (activations recomputed)
+    assert stage.model.llm.config._attn_implementation == "sdpa"
     assert stage.config.text_weight == 0 and stage.config.caption_dropout == pytest.approx(0.1)
     assert stage.config.adam_eps == pytest.approx(1e-15) and stage.config.schedule == "constant"
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
