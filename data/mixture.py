@@ -46,6 +46,8 @@ class SourceSpec:
     split: str = "train"  # shapes: the split rendered; a datasets dataset: the split read
     image_root: str | None = None  # records: folder their image paths are relative to (default: the file's)
     followup: int = 1  # draw records from ShapesWorld: questions about the drawing asked after it (0: none)
+    context: int = 0  # draw records from ShapesWorld: every other one comes after this many questions about its
+    # image (with the image), as drawing requests come in the middle of a chat (0: never)
     turns: int = 0  # conversation records: keep this many question-answer pairs of each (0: all); which ones
     # rotates with the record, so every kind of question is still asked across the data set
     name: str = ""  # shown in logs and part of the cache key (default "data:task")
@@ -57,9 +59,9 @@ class SourceSpec:
             raise ValueError(f"data source {self.label}: weight must be > 0, got {self.weight}")
         if self.num < 0 or (self.data == "shapes" and self.num == 0):
             raise ValueError(f"data source {self.label}: num must be > 0 for shapes (images to render), got {self.num}")
-        if self.followup < 0 or self.turns < 0:
-            raise ValueError(f"data source {self.label}: followup and turns must be >= 0, got {self.followup}, "
-                             f"{self.turns}")
+        if self.followup < 0 or self.turns < 0 or self.context < 0:
+            raise ValueError(f"data source {self.label}: followup, turns and context must be >= 0, got "
+                             f"{self.followup}, {self.turns}, {self.context}")
 
     @property
     def label(self) -> str:
@@ -104,6 +106,8 @@ class SourceDataset(Dataset):
                 start = item["record"].get("index", i) % len(vqa)
                 item["followup"] = [{"question": f"{q['question']}\n{SHORT_ANSWER}", "answer": q["answer"]}
                                     for q in (vqa[start:] + vqa[:start])[: self.spec.followup]]
+        if self.spec.task == "draw" and self.spec.context and i % 2 == 0 and item.get("conversations"):
+            item["context"] = keep_turns(item["conversations"], self.spec.context, i // 2)
         if self.spec.task in ("t2i", "draw", "describe") and not item.get("caption"):
             item["caption"] = ""  # the collator skips and counts it (an empty caption is bad input)
         return item

@@ -68,7 +68,7 @@ def test_align_trains_the_projector_only_and_its_loss_falls(parts, aligned):
 
 def test_sft_trains_llm_and_projector_on_a_mixture_and_keeps_the_history(aligned, tmp_path):
     _, align_result, _, _ = aligned
-    data = ("[{task: conversation, data: shapes, num: 8, weight: 2}, {task: draw, data: shapes, num: 8}, "
+    data = ("[{task: conversation, data: shapes, num: 8, weight: 2}, {task: draw, data: shapes, num: 8, context: 1}, "
             "{task: t2i, data: shapes, num: 8}]")
     _, result, losses = run_stage("unified-sft", tmp_path / "sft", f"init={align_result.final_dir}",
                                       "lr=3e-3", "reinit_codes=true", "caption_dropout=0.2", data=data)
@@ -258,3 +258,27 @@ def test_conversation_turns_are_subsampled_with_the_image_kept_first():
         assert b[0]["value"].replace("<image>\n", "") == questions[i % len(questions)]
         assert b[1]["value"] == a[2 * (i % len(questions)) + 1]["value"]
     assert keep_turns(full[0]["conversations"], 99, 0) == full[0]["conversations"]
+
+
+def test_draw_records_can_follow_a_conversation_about_an_image():
+    """In a chat the drawing request comes after questions about an image: half the draw records (context=2) are
+    that conversation, the image read as features, then the request answered with <boi> codes <eoi>."""
+    from vqrae.data.mixture import SourceSpec, open_source
+
+    um = tiny_unified_model(seed=0)
+    coll = UnifiedCollator(um.processor)
+    ds = open_source(SourceSpec(task="draw", data="shapes", num=4, context=2), image_size=32)
+    with_context, without = ds[0], ds[1]
+    assert len(with_context["context"]) == 4 and "context" not in without
+    c = um.config
+    for item, images in ((with_context, 1), (without, 0)):
+        rec = dict(item, codes=list(range(c.num_image_tokens)))
+        ids, labels, imgs, gen = coll.encode_record(rec)
+        assert len(imgs) == images and not gen
+        assert ids.count(c.image_token_id) == images * c.num_image_features
+        boi = ids.index(c.boi_token_id)
+        assert labels[boi] == c.boi_token_id  # the model learns to open the image itself
+        assert ids[boi + 1 : boi + 1 + c.num_image_tokens] == [c.code_offset + k for k in range(c.num_image_tokens)]
+        assert all(ids.index(c.image_token_id) < boi for _ in range(images))
+    batch = coll([dict(with_context, codes=list(range(c.num_image_tokens)))])
+    assert batch["pixel_values"].shape[0] == 1 and "gen_pixel_values" not in batch

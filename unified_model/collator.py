@@ -10,10 +10,11 @@ Records (dicts), any mix in one batch:
   probability p.
 - describe (alignment): `{"task": "describe", "caption": str, "image": ...}`: `<image>` + a describe prompt,
   answered with the caption (LLaVA-1.5's pretraining data). Labels: the caption.
-- draw: `{"task": "draw", "caption": str, "image" or "codes": ..., "followup": [{"question", "answer"}, ...]}`: a
-  chat turn asking for a drawing of the caption, answered with `<boi>` + codes + `<eoi>` (exactly what the model
-  emits when it draws by itself in `vqrae chat`), then optional questions about that drawing answered in text.
-  Labels: the codes and the answers.
+- draw: `{"task": "draw", "caption": str, "image" or "codes": ..., "followup": [{"question", "answer"}, ...],
+  "context": [LLaVA turns]}`: a chat turn asking for a drawing of the caption, answered with `<boi>` + codes +
+  `<eoi>` (exactly what the model emits when it draws by itself in `vqrae chat`), then optional questions about that
+  drawing answered in text; optionally after a conversation about the record's image (`context`, its `<image>` from
+  `image` / `vqrae_features`). Labels: the codes and the answers.
 A record's `task` ("conversation", "t2i", "describe", "draw") says which; without one, a record with a conversation is a
 conversation (ShapesWorld items carry a caption as well) and a caption record is text-to-image.
 An image is a path, a PIL image or a (3, H, W) tensor in [0, 1]; `file_name` (records) and `pixels` (the data
@@ -226,14 +227,30 @@ class UnifiedCollator:
             return ids, labels, [], gen
         if not caption.strip():
             raise InvalidRecord("a draw record needs a non-empty 'caption'")
-        messages = [{"role": "user", "content": draw_request(caption)}, {"role": "assistant", "content": BOI_TOKEN}]
+        # An optional conversation about the record's own image before the request: in a chat, drawing requests
+        # come after questions about an image too, and the model must still answer them with <boi>.
+        context, images = [], []
+        if record.get("context"):
+            context = record_messages({"conversations": record["context"]})
+            if proc.count_images(context) != 1:
+                raise InvalidRecord(f"a draw record's context must show its image once, it has "
+                                    f"{proc.count_images(context)} <image>")
+            feats = record.get("vqrae_features")
+            if feats is not None:
+                images = [self._features(feats)]
+            elif record_image(record) is not None:
+                images = [self._image(record_image(record))]
+            else:
+                raise InvalidRecord("a draw record's context needs its image (or vqrae_features)")
+        messages = [*context, {"role": "user", "content": draw_request(caption)},
+                    {"role": "assistant", "content": BOI_TOKEN}]
         for qa in record.get("followup") or []:
             if not isinstance(qa, dict) or not all(isinstance(qa.get(k), str) for k in ("question", "answer")):
                 raise InvalidRecord("followup entries must be {'question': str, 'answer': str}")
             messages += [{"role": "user", "content": qa["question"]}, {"role": "assistant", "content": qa["answer"]}]
         ids, target = _validated("draw", proc.encode_conversation, messages, drawings=[drawing])
         labels = [t if is_t else IGNORE_INDEX for t, is_t in zip(ids, target)]
-        return ids, labels, [], gen
+        return ids, labels, images, gen
 
     def _codes(self, values: Any) -> torch.Tensor:
         cfg = self.processor.config

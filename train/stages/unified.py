@@ -241,6 +241,10 @@ class UnifiedStage(Stage):
         values = cache.get(_dataset_key(spec, size, c.seed, split), ds, image_fn=_pixels)
         logger.info("%s (%s): %s ready in %.1fs", spec.label, split, what, time.perf_counter() - t0)
         cached = CachedDataset(ds, values, field=field)
+        if spec.task == "draw" and spec.context:  # the context's <image> reads the same image's features
+            feats = EncodedCache(root=root, vqrae=self._plain_vqrae(), what="features", device=self.device).get(
+                _dataset_key(spec, size, c.seed, split), ds, image_fn=_pixels)
+            cached = CachedDataset(cached, feats, field="vqrae_features")
         if values.num_invalid:  # unreadable images: skipped for good, and counted
             logger.warning("%s (%s): %d of %d images unreadable, skipped", spec.label, split, values.num_invalid,
                            len(values))
