@@ -11,6 +11,7 @@ BENCHMARKS = {
     "generate": ("vqrae.eval.bench_generate", "our image sampler vs Hugging Face generate() with guidance_scale"),
     "zero3-load": ("vqrae.eval.bench_zero3", "per-process peak memory loading a unified model: ZeRO-3 vs ZeRO-0"),
     "model-size": ("vqrae.eval.model_size", "parameters and ZeRO memory per GPU of a config's model (meta device)"),
+    "cache": ("vqrae.eval.bench_cache", "a unified stage's step with cached codes/features vs recomputing them"),
     "train-step": ("vqrae.eval.bench_train_step", "the engine's unified-model training step vs a bare step"),
 }
 

@@ -282,3 +282,16 @@ def test_draw_records_can_follow_a_conversation_about_an_image():
         assert all(ids.index(c.image_token_id) < boi for _ in range(images))
     batch = coll([dict(with_context, codes=list(range(c.num_image_tokens)))])
     assert batch["pixel_values"].shape[0] == 1 and "gen_pixel_values" not in batch
+
+
+def test_bench_cache_times_both_arms_and_writes_the_ratio(aligned, tmp_path, capsys):
+    from vqrae.cli import main
+
+    _, result, _, _ = aligned
+    out = tmp_path / "cache.json"
+    assert main(["bench", "cache", "--model", str(result.final_dir), "--task", "t2i", "--batch-size", "2",
+                 "--rounds", "2", "--num", "8", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["step_s"]["cached"] > 0 and r["step_s"]["recomputed"] > 0 and r["speedup"] > 0
+    assert list((tmp_path / "c").glob("codes-*"))  # the cached arm really read a cache
+    assert "with the cache" in capsys.readouterr().out
