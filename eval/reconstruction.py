@@ -7,6 +7,12 @@ pt_inception-2015-12-05 file) and are reported as not computed otherwise, with t
 Codebook utilization and perplexity are over the whole set; feature cosine compares the tokenizer's continuous
 features with a reference encoder's (e.g. the stage-1 encoder after stage 2) token by token. The colour probe
 (eval/probe.py) says whether lost detail was lost in the encoder or in the codes.
+
+On ShapesWorld images (whose records carry the objects' ground truth: `ShapesDataset` items, or a folder written by
+`vqrae data shapes`), the reconstruction fidelity of `eval/fidelity.py` is measured too: per-object shape, colour and
+box accuracy of the ShapesWorld detector on the reconstructions and on the originals, the GenEval-style score of
+both per tag, and the patch shape probe (shape kept by the features vs by the codes). PSNR cannot tell a star from a
+blob of its colour; these figures can.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqrae.tokenizer import VQRAE, CodebookUsage
 
+from .fidelity import ObjectFidelity, PatchShapeProbe, RecordLookup, label_map
 from .metrics import psnr, to_uint8
 from .probe import PatchColourProbe
 
@@ -94,10 +101,13 @@ def reconstruction_metrics(
     grid_path: str | Path | None = None,
     progress: bool = True,
     quantize: bool = True,
+    fidelity: bool = True,
 ) -> dict:
     """Evaluate `vq` on every image of `dataset` (items with "pixels" (3,H,W) in [0,1]).
 
     quantize=False decodes the continuous features instead (the RAE baseline): no codes, so no codebook usage.
+    fidelity=True measures object fidelity (eval/fidelity.py) on the images that have a ShapesWorld record (none:
+    the figures are left out, with a note).
     """
     from tqdm.auto import tqdm
 
@@ -116,6 +126,9 @@ def reconstruction_metrics(
         notes["rfid"] = "not computed: pass inception weights (torch-fidelity pt_inception-2015-12-05)"
     usage = CodebookUsage(vq.config.codebook_size)
     probe = PatchColourProbe()
+    objects = ObjectFidelity() if fidelity else None
+    shape_probe = PatchShapeProbe() if fidelity else None
+    lookup = RecordLookup()
     psnrs, ssims, lpipss, cosines, real_feats, fake_feats = [], [], [], [], [], []
     skipped = 0
     first = None
@@ -143,6 +156,10 @@ def reconstruction_metrics(
             fake_feats.append(fid_net(recon))
         if reference_encoder is not None:
             cosines.append(F.cosine_similarity(features, reference_encoder(pixels), dim=-1).mean(dim=1).double().cpu())
+        if objects is not None:
+            records = batch.get("record") or [lookup(n) if isinstance(n, str) else None for n in batch["name"]]
+            _measure_fidelity(objects, shape_probe if quantize else None, pixels, recon, features,
+                              vq.quantizer.code_vectors(codes) if quantize and not shape_probe.full else None, records)
         if first is None:
             first = (pixels.cpu(), recon.cpu())
     if first is None:
@@ -163,6 +180,13 @@ def reconstruction_metrics(
     if fid_net is not None:
         out["rfid"] = FIDFeatures.fid(torch.cat(real_feats), torch.cat(fake_feats))
     out.update(probe.result())
+    if objects is not None:
+        found = objects.result()
+        if found:
+            out.update(shape_probe.result())
+            out.update(found)
+        else:
+            notes["fidelity"] = "not measured: no image has a ShapesWorld record (objects and GenEval metadata)"
     if cosines:
         out["feature_cosine"] = float(torch.cat(cosines).mean())
     if grid_path is not None:
@@ -170,6 +194,22 @@ def reconstruction_metrics(
     if notes:
         out["notes"] = notes
     return out
+
+
+def _measure_fidelity(objects: ObjectFidelity, shape_probe: PatchShapeProbe | None, pixels: torch.Tensor,
+                      recon: torch.Tensor, features: torch.Tensor, code_vectors: torch.Tensor | None,
+                      records: list) -> None:
+    """Feed the images of a batch that have a ShapesWorld record to the object and shape-probe measures."""
+    from vqrae.data.images import tensor_to_pil
+
+    have = [i for i, r in enumerate(records) if isinstance(r, dict) and "objects" in r]
+    for i in have:
+        objects.update(tensor_to_pil(pixels[i]), tensor_to_pil(recon[i]), records[i])
+    if shape_probe is not None and code_vectors is not None and have and not shape_probe.full:
+        size = pixels.shape[-1]
+        labels = torch.stack([torch.from_numpy(label_map(records[i], size)) for i in have])
+        idx = torch.tensor(have, device=features.device)
+        shape_probe.update(labels, features[idx], code_vectors[idx])
 
 
 def write_summary(metrics: dict, path: str | Path) -> None:

@@ -15,7 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reconstruct every image of a data set through the tokenizer (image -> codes -> image) and "
         "report PSNR and SSIM (uint8, per image then mean), LPIPS and rFID when their weights are given as local "
         "files, codebook utilization and perplexity over the whole set, and the cosine between the tokenizer's "
-        "features and a reference encoder's. Writes summary.json and grid.png (originals above reconstructions).")
+        "features and a reference encoder's. On ShapesWorld images (--data shapes, or a folder written by `vqrae data "
+        "shapes`) also the reconstruction fidelity: per-object shape, colour and box accuracy of the ShapesWorld "
+        "detector, the GenEval-style score of originals and reconstructions per tag, and the patch shape probe. "
+        "Writes summary.json and grid.png (originals above reconstructions).")
     r.add_argument("--tokenizer", required=True, help="VQRAE folder")
     r.add_argument("--data", required=True,
                    help='image data: a folder tree, records, a datasets dataset, tar shards, or "shapes" '
@@ -64,9 +67,14 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     write_summary(metrics, out / "summary.json")
     for key, value in metrics.items():
         if isinstance(value, float):
-            print(f"{key:>16}: {value:.4f}")
-        elif key != "notes":
-            print(f"{key:>16}: {value}")
+            print(f"{key:>24}: {value:.4f}")
+        elif key not in ("notes", "geneval_tags"):
+            print(f"{key:>24}: {value}")
+    if metrics.get("geneval_tags"):
+        print("GenEval-style score of each image against its own record (ShapesWorld detector):")
+        print(f"{'tag':>24}  {'originals':>10}  {'reconstructions':>15}")
+        for tag, v in metrics["geneval_tags"].items():
+            print(f"{tag:>24}  {v['originals']:>10.4f}  {v['reconstructions']:>15.4f}")
     for key, note in metrics.get("notes", {}).items():
         print(f"{key:>16}: {note}")
     print(f"wrote {out / 'summary.json'} and {out / 'grid.png'}")

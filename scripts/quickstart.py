@@ -101,6 +101,13 @@ def run(args: argparse.Namespace) -> int:
               f"{m.get('feature_cosine', 1.0):>10.4f}{probe:>16}")
     print("(colour probe: RMS error, in 8-bit levels, of a linear read-out of each patch's mean colour from the "
           "features / from the codes)")
+    if all("shape_accuracy" in m for m in results.values()):  # what generation needs: objects survive the trip
+        print(f"\n{'':8}{'shape acc':>11}{'colour acc':>12}{'box acc':>9}{'GenEval rec / orig':>20}")
+        for name, m in results.items():
+            print(f"{name:8}{m['shape_accuracy']:>11.1%}{m['colour_accuracy']:>12.1%}{m['box_accuracy']:>9.1%}"
+                  f"{m.get('geneval', float('nan')):>12.3f} / {m.get('geneval_originals', float('nan')):.3f}")
+        print("(the ShapesWorld detector on reconstructions, objects matched to the ground truth; GenEval-style "
+              "score of the reconstructions against the originals')")
     sample = min((data / "test" / "images").glob("*.png"))
     pair = out / "reconstruction.png"
     vqrae(["reconstruct", "--tokenizer", str(stage2), "--image", str(sample), "--out", str(pair)])

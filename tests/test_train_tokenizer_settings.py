@@ -119,3 +119,19 @@ def test_logged_psnr_is_the_evaluation_psnr():
     assert mean_psnr(recon.clamp(0, 1), exact).item() == pytest.approx(
         psnr(recon[1:].clamp(0, 1), exact[1:]).mean().item())
     assert mean_psnr(pixels, pixels).item() == math.inf
+
+
+def test_stage_evaluation_measures_fidelity_only_when_asked(encoder_dir, tmp_path):
+    """`eval_fidelity`: the ShapesWorld object figures join the periodic evaluation on request (they cost time)."""
+    cls = get_stage("tokenizer-stage1")
+    base = [f"encoder={encoder_dir}", "codebook_size=64", "codebook_dim=40", "val_data=shapes", "val_num=8",
+            "batch_size=8", f"output_dir={tmp_path}"]
+    measured = {}
+    for flag in (False, True):
+        cfg = load_config(cls.config_class, None, [*base, f"eval_fidelity={str(flag).lower()}"])
+        assert cfg.eval_fidelity is flag
+        stage = cls(cfg)
+        torch.manual_seed(0)
+        measured[flag] = stage.evaluate(stage.build_model(), 0)
+    assert "shape_accuracy" not in measured[False] and "psnr" in measured[False]
+    assert 0 <= measured[True]["shape_accuracy"] <= 1 and measured[True]["shape_accuracy_originals"] > 0.5

@@ -7,6 +7,16 @@ that the tokenizer's SigLIP adapter loads by path, exactly as it would load goog
 
 One change to the loss: pairs whose captions are the same text count as positives. ShapesWorld repeats captions
 ("a photo of a red circle"), and calling two identical captions a mismatch would teach the model noise.
+
+Dense objectives (`dense_shape_weight`, `dense_colour_weight`; 0 = the sigmoid loss alone): the sigmoid loss only
+asks the pooled embedding to match the caption, so the patch features need not say which pixels of their patch
+belong to which object, and a tokenizer built on them cannot draw shapes (issue 11: the reconstructions lost each
+object's shape). SigLIP2 adds local objectives (captioning / referring decoders, self-distillation, masked
+prediction) for exactly this; ShapesWorld has the exact masks, so here a linear head on each final patch feature
+predicts the class of every pixel of its patch: its shape (background + 6) and its colour (background + the
+palette), with a cross-entropy each. The head is dropped at export: the checkpoint stays a plain SigLIP.
+Records come with the items (`data: shapes`) or from the metadata.jsonl of a `vqrae data shapes` folder; images
+without one are skipped by the dense loss.
 """
 
 from __future__ import annotations
@@ -43,9 +53,15 @@ class EncoderPretrainConfig(TrainConfig):
     max_text_len: int = 32
     vocab_size: int = 1000  # upper bound for the SentencePiece vocabulary
     tokenizer_corpus: int = 5000  # records whose captions and questions train the text tokenizer
+    # dense per-pixel objectives on the patch features (see the module docstring); 0 turns one off
+    dense_shape_weight: float = 0.0
+    dense_colour_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for key in ("dense_shape_weight", "dense_colour_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"config key '{key}': must be >= 0, got {getattr(self, key)}")
         if self.image_size % self.patch_size:
             raise ValueError(f"config key 'image_size': {self.image_size} is not a multiple of patch_size "
                              f"{self.patch_size}")
@@ -67,19 +83,64 @@ def corpus_of(item: dict) -> list[str]:
     return texts
 
 
+def dense_targets(record: dict | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel (shape, colour) class maps of a ShapesWorld record, (size, size) long each: 0 background, else 1 +
+    the index in SHAPES / PALETTE. No record (or no objects): -1 everywhere, which the loss ignores."""
+    from vqrae.data.shapes import PALETTE, SHAPES, rle_to_mask
+
+    if not record or not record.get("objects"):
+        return torch.full((size, size), -1, dtype=torch.long), torch.full((size, size), -1, dtype=torch.long)
+    shape, colour = torch.zeros(size, size, dtype=torch.long), torch.zeros(size, size, dtype=torch.long)
+    colours = list(PALETTE)
+    for obj in record["objects"]:
+        mask = torch.from_numpy(rle_to_mask(obj["mask"]))
+        if mask.shape != (size, size):
+            raise ValueError(f"record {record.get('id')}: mask {tuple(mask.shape)} does not match {size} px images")
+        shape[mask] = 1 + SHAPES.index(obj["class"])
+        colour[mask] = 1 + colours.index(obj["color"])
+    return shape, colour
+
+
 class SiglipPretrainer(nn.Module):
-    """The SigLIP model plus the loss, so that the whole step is one forward (what DeepSpeed wraps)."""
+    """The SigLIP model plus the loss, so that the whole step is one forward (what DeepSpeed wraps). With dense
+    weights, a linear head reads every pixel's shape and colour class from its patch's final feature."""
 
-    def __init__(self, siglip: nn.Module):
+    def __init__(self, siglip: nn.Module, patch_size: int = 8, dense_shape_weight: float = 0.0,
+                 dense_colour_weight: float = 0.0):
         super().__init__()
-        self.siglip = siglip
+        from vqrae.data.shapes import PALETTE, SHAPES
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, positives: torch.Tensor):
+        self.siglip = siglip
+        self.patch_size = patch_size
+        self.weights = (dense_shape_weight, dense_colour_weight)
+        self.classes = (len(SHAPES) + 1, len(PALETTE) + 1)
+        self.dense_head = None
+        if any(self.weights):
+            width = siglip.config.vision_config.hidden_size
+            self.dense_head = nn.Linear(width, patch_size * patch_size * sum(self.classes))
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, positives: torch.Tensor,
+                shape_labels: torch.Tensor | None = None, colour_labels: torch.Tensor | None = None):
         out = self.siglip(input_ids=input_ids, pixel_values=(pixels - 0.5) / 0.5)
         logits = out.logits_per_image  # (images, texts), scaled and biased
         signs = positives.to(logits.dtype) * 2 - 1
         loss = -F.logsigmoid(signs * logits).sum(dim=1).mean()
-        return loss, logits
+        dense = {}
+        if self.dense_head is not None and shape_labels is not None:
+            feats = out.vision_model_output.last_hidden_state  # (B, N, width): what the tokenizer quantizes
+            b = feats.shape[0]
+            side, p = pixels.shape[-1] // self.patch_size, self.patch_size
+            # (B, N, p*p*C) -> per-pixel logits (B, C, H, W), pixel (i, j) of patch (y, x) at (y*p + i, x*p + j)
+            pred = self.dense_head(feats).view(b, side, side, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+            pred = pred.reshape(b, -1, side * p, side * p)
+            shape_logits, colour_logits = pred.split(self.classes, dim=1)
+            for name, w, lg, lab in (("dense_shape", self.weights[0], shape_logits, shape_labels),
+                                     ("dense_colour", self.weights[1], colour_logits, colour_labels)):
+                if w > 0 and (lab >= 0).any():
+                    term = F.cross_entropy(lg, lab, ignore_index=-1)
+                    loss = loss + w * term
+                    dense[name] = term.detach()
+        return loss, logits, dense
 
 
 class EncoderPretrainStage(Stage):
@@ -91,6 +152,7 @@ class EncoderPretrainStage(Stage):
         self._train = image_text_dataset(config.data, config.data_num, config.image_size, "train", config.seed)
         self._val = image_text_dataset(config.val_data, config.val_num, config.image_size, "val", config.seed)
         self.text_tokenizer = None  # made in build_model: once the processes are up, by the main one only
+        self._records = None  # image path -> ShapesWorld record, read on first use (dense objectives only)
 
     def _load_or_train_tokenizer(self):
         from transformers import AutoTokenizer
@@ -127,7 +189,7 @@ class EncoderPretrainStage(Stage):
         with torch.no_grad():  # the SigLIP paper's init: temperature 10, bias -10 (HF's zeros learn far slower)
             model.logit_scale.fill_(torch.log(torch.tensor(10.0)).item())
             model.logit_bias.fill_(-10.0)
-        return SiglipPretrainer(model)
+        return SiglipPretrainer(model, c.patch_size, c.dense_shape_weight, c.dense_colour_weight)
 
     def train_dataset(self):
         return self._train
@@ -137,12 +199,37 @@ class EncoderPretrainStage(Stage):
         ids = self.text_tokenizer(captions, padding="max_length", truncation=True, max_length=self.config.max_text_len,
                                   return_tensors="pt").input_ids
         positives = torch.tensor([[a == b for b in captions] for a in captions])
-        return {"pixels": torch.stack([s["pixels"] for s in samples]), "input_ids": ids, "positives": positives}
+        batch = {"pixels": torch.stack([s["pixels"] for s in samples]), "input_ids": ids, "positives": positives}
+        if self.dense:
+            size = batch["pixels"].shape[-1]
+            maps = [dense_targets(self._record(s), size) for s in samples]
+            batch["shape_labels"] = torch.stack([m[0] for m in maps])
+            batch["colour_labels"] = torch.stack([m[1] for m in maps])
+        return batch
+
+    @property
+    def dense(self) -> bool:
+        return self.config.dense_shape_weight > 0 or self.config.dense_colour_weight > 0
+
+    def _record(self, sample: dict) -> dict | None:
+        """The item's ShapesWorld record: its own ("record", data: shapes) or its folder's metadata.jsonl."""
+        if sample.get("record") is not None:
+            return sample["record"]
+        if self._records is None:
+            from vqrae.eval.fidelity import RecordLookup
+
+            self._records = RecordLookup()
+        name = sample.get("name")
+        return self._records(name) if isinstance(name, str) else None
 
     def loss(self, model: nn.Module, batch: dict, step: int):
-        loss, logits = model(batch["pixels"], batch["input_ids"], batch["positives"])
+        loss, logits, dense = model(batch["pixels"], batch["input_ids"], batch["positives"],
+                                    batch.get("shape_labels"), batch.get("colour_labels"))
         acc = (logits.argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean()
-        return loss, {"batch_i2t_acc": acc}
+        metrics = {"batch_i2t_acc": acc}
+        if self.dense:  # the same keys every step (the engine averages them): 0 when a batch had no records
+            metrics.update({k: dense.get(k, torch.zeros(())) for k in ("dense_shape", "dense_colour")})
+        return loss, metrics
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:

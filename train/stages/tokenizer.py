@@ -110,6 +110,10 @@ class TokenizerStageConfig(TrainConfig):
     gan_start_step: int = 0
     disc_lr: float = 4e-5
     disc_channels: int = 64
+    # The periodic evaluation's reconstruction-fidelity figures (ShapesWorld detector on every val image, see
+    # eval/fidelity.py): off by default, as they add ~10-20 s per evaluation on 2 CPU cores; `vqrae eval
+    # reconstruction` and the quickstart always measure them on the finished tokenizer.
+    eval_fidelity: bool = False
     # stage 2
     train_encoder: bool = False
     encoder_lr: float = 1e-5
@@ -298,7 +302,8 @@ class TokenizerStage1(Stage):
         module = unwrap(model)
         metrics = reconstruction_metrics(module.vq, self._datasets()[1], batch_size=self.config.batch_size,
                                          reference_encoder=module.teacher, to_device=self.to_device,
-                                         progress=False, quantize=self.config.quantize)
+                                         progress=False, quantize=self.config.quantize,
+                                         fidelity=self.config.eval_fidelity)
         # Numbers only (the notes are for the CLI), and not the image count: it is a constant, not a curve.
         return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "images"}
 
