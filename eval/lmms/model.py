@@ -173,6 +173,10 @@ class VQRAELmms(lmms):
         pixel_values = self.processor.pixel_values(list(images))
         logits = self.model(input_ids=ids, pixel_values=pixel_values, attention_mask=torch.ones_like(ids)).logits
         logits = logits[0, len(prompt) - 1 : len(prompt) - 1 + len(cont)].float()
+        # Over the ids a text answer may hold, as the sampler decodes and the training loss scores text (never an
+        # image code): "is greedy" then means exactly what generate_until would have produced.
+        allowed = self.model.text_token_mask().to(logits.device)
+        logits = logits[:, : allowed.shape[0]].masked_fill(~allowed, float("-inf"))
         logprobs = logits.log_softmax(-1)
         target = torch.tensor(cont, device=logprobs.device)
         total = float(logprobs.gather(-1, target[:, None]).sum())
