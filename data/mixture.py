@@ -172,9 +172,9 @@ class Mixture(Dataset):
             self.index_in[positions] = order[: len(positions)]
         if group > 1:
             self._group_by_source(group, rng)
-        counts = np.bincount(self.source_of, minlength=len(sources))
         logger.info("data mixture of %d samples: %s", self.length, ", ".join(
-            f"{n} {c} ({c / self.length:.0%}, {c / size:.1f} passes)" for n, c, size in zip(self.names, counts, sizes)))
+            f"{n} {c} ({c / self.length:.0%}, {c / size:.1f} passes)"
+            for n, c, size in zip(self.names, self._counts(), sizes)))
 
     def _group_by_source(self, group: int, rng: np.random.Generator) -> None:
         """Reorder so that every run of `group` consecutive samples comes from one source (the remainders of all
@@ -205,10 +205,15 @@ class Mixture(Dataset):
         item["sample_id"] = i
         return item
 
+    def _counts(self) -> list[int]:
+        return np.bincount(self.source_of, minlength=len(self.sources)).tolist()
+
     def task_counts(self) -> dict[str, int]:
-        """Samples per source name (what the mixture's weights made of it)."""
-        counts = np.bincount(self.source_of, minlength=len(self.sources))
-        return {n: int(c) for n, c in zip(self.names, counts)}
+        """Samples per source name (what the mixture's weights made of it; sources of one name add up)."""
+        out: dict[str, int] = {}
+        for n, c in zip(self.names, self._counts()):
+            out[n] = out.get(n, 0) + c
+        return out
 
 
 def padding_fraction(lengths: list[int], batch_size: int) -> float:
