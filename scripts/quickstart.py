@@ -1,30 +1,39 @@
-"""`vqrae quickstart`: the whole ShapesWorld pipeline on a CPU, from nothing to a trained tokenizer.
+"""`vqrae quickstart`: the whole product on a CPU, from nothing to a unified model that answers and draws, scored.
 
-Steps (each skipped when its result is already on disk, so a stopped quickstart continues where it stopped):
-  1. render ShapesWorld (train/val/test) with `vqrae data shapes`
-  2. stage 0: pretrain a small SigLIP encoder on its captions       (`vqrae train encoder-pretrain`)
-  3. tokenizer stage 1: frozen encoder, train codebook map + decoder (`vqrae train tokenizer-stage1`)
-  4. tokenizer stage 2: unfreeze the encoder with self-distillation  (`vqrae train tokenizer-stage2`)
-  5. evaluate reconstruction on held-out images                      (`vqrae eval reconstruction`)
-  6. round-trip one held-out image                                   (`vqrae reconstruct`)
-The configs are configs/shapes-tiny/*.yaml; every step is an ordinary command you can rerun by hand.
+Steps (each an ordinary command you can rerun by hand; configs in configs/shapes-tiny/):
+   1. data               render ShapesWorld train/val/test               (`vqrae data shapes`)
+   2. encoder            stage 0: a small SigLIP on its captions         (`vqrae train encoder-pretrain`)
+   3. tokenizer-stage1   frozen encoder; codebook map + decoder learn    (`vqrae train tokenizer-stage1`)
+   4. tokenizer-stage2   encoder unfrozen, with self-distillation        (`vqrae train tokenizer-stage2`)
+   5. eval-tokenizer     reconstruction of held-out images               (`vqrae eval reconstruction`)
+   6. lm                 the stand-in LLM and its text tokenizer         (`vqrae train lm-pretrain`)
+   7. unified-align      projector only, on captions                     (`vqrae train unified-align`)
+   8. unified-sft        one model that answers and draws                (`vqrae train unified-sft`)
+   9. eval-understanding ShapesWorld VQA on held-out images              (`vqrae eval understanding`)
+  10. eval-generation    GenEval-style text-to-image, ShapesWorld prompts (`vqrae eval geneval`)
+  11. chat               a scripted chat about a held-out image          (`vqrae chat --demo`)
+  12. report             report.md, loss curves, generated grid
+Finished steps are recorded in OUT/quickstart.json and reused when the quickstart runs again; a training step that
+was interrupted resumes from its last checkpoint; --fresh starts over.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
+import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from vqrae.train.config import CONFIG_DIR
 
-logger = logging.getLogger(__name__)
-
 CONFIGS = CONFIG_DIR / "shapes-tiny"
 
-# --smoke: the same pipeline with toy sizes, to check that everything is wired (about a minute on 2 cores).
+# --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).
+_TOY_UNIFIED = ["batch_size=4", "max_steps=3", "val_num=0", "save_every=0", "max_length=256", "warmup_steps=0"]
 SMOKE = {
     "data": {"num": 400},
     "encoder-pretrain": ["max_steps=10", "width=32", "depth=1", "heads=2", "text_depth=1", "batch_size=16",
@@ -32,87 +41,290 @@ SMOKE = {
     "tokenizer-stage1": ["max_steps=6", "codebook_size=64", "codebook_dim=32", "batch_size=8", "val_num=16",
                          "eval_every=0", "save_every=0"],
     "tokenizer-stage2": ["max_steps=4", "batch_size=8", "val_num=16", "eval_every=0", "save_every=0"],
+    "lm-pretrain": ["data_num=100", "val_num=10", "hidden_size=64", "num_layers=2", "num_heads=4", "num_kv_heads=2",
+                    "intermediate_size=128", "max_length=64", "vocab_size=400", "tokenizer_corpus=100",
+                    "max_steps=5", "batch_size=8", "eval_every=0", "save_every=0"],
+    "unified-align": [*_TOY_UNIFIED, "data=[{task: describe, data: shapes, num: 8}]"],
+    "unified-sft": [*_TOY_UNIFIED, "eval_vqa=0", ("data=[{task: conversation, data: shapes, num: 8}, "
+                    "{task: draw, data: shapes, num: 8, followup: 1}, {task: t2i, data: shapes, num: 8}]")],
+    "eval": {"test_images": 16, "vqa_images": 4, "prompts_per_tag": 1, "images_per_prompt": 1},
 }
+FULL_EVAL = {"test_images": 1100, "vqa_images": 100, "prompts_per_tag": 4, "images_per_prompt": 2}
+GENERATED_PROMPTS = 12  # labelled tiles in generated.png
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="train and evaluate a VQRAE tokenizer on ShapesWorld, end to end (CPU)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/quickstart", help="working folder (default runs/quickstart)")
-    p.add_argument("--smoke", action="store_true", help="toy sizes: checks the wiring in about a minute")
-    p.set_defaults(func=run)
+@dataclass
+class Step:
+    name: str
+    title: str
+    expected_s: float  # full size, measured on an unloaded 2-core machine; only for the "time left" estimate
+    run: Callable[[Quickstart], dict]
 
 
-def _train(stage_name: str, out: Path, overrides: list[str], smoke: bool) -> Path:
-    from vqrae.train import load_config, train
-    from vqrae.train.stages import get_stage
+class Quickstart:
+    """The state of one quickstart folder: what is done (OUT/quickstart.json), where everything goes."""
 
-    final = out / "final"
-    if (final / "config.json").is_file():
-        print(f"[skip] {stage_name}: {final} exists")
-        return final
-    cls = get_stage(stage_name)
-    extra = SMOKE[stage_name] if smoke else []
-    cfg = load_config(cls.config_class, CONFIGS / f"{stage_name}.yaml", [f"output_dir={out}", *overrides, *extra])
-    print(f"[run] vqrae train {stage_name} --config {CONFIGS / (stage_name + '.yaml')} output_dir={out} "
-          + " ".join(overrides + extra))
-    t0 = time.time()
-    result = train(cls(cfg))
-    print(f"[done] {stage_name} in {time.time() - t0:.0f} s -> {result.final_dir}")
-    return result.final_dir
+    def __init__(self, out: Path, smoke: bool):
+        self.out, self.smoke = out, smoke
+        self.data = out / "shapes64"
+        self.eval_sizes = SMOKE["eval"] if smoke else FULL_EVAL
+        self.state_path = out / "quickstart.json"
+        self.state = {"smoke": smoke, "steps": {}, "results": {}}
+        if self.state_path.is_file():
+            saved = json.loads(self.state_path.read_text())
+            if saved.get("smoke", False) != smoke:
+                raise ValueError(f"{out} holds a {'smoke' if saved.get('smoke') else 'full'} quickstart; use "
+                                 "--fresh to start over or another --out")
+            self.state.update(saved)
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+        os.replace(tmp, self.state_path)
+
+    def final(self, stage_dir: str) -> Path:
+        return self.out / stage_dir / "final"
+
+    def train(self, stage_name: str, folder: str, overrides: list[str]) -> dict:
+        from vqrae.train import load_config, train
+        from vqrae.train.stages import get_stage
+
+        out = self.out / folder
+        cls = get_stage(stage_name)
+        extra = SMOKE[stage_name] if self.smoke else []
+        config = CONFIGS / f"{stage_name}.yaml"
+        cfg = load_config(cls.config_class, config, [f"output_dir={out}", *overrides, *extra])
+        print(f"  vqrae train {stage_name} --config {config} " + " ".join([f"output_dir={out}", *overrides, *extra]))
+        result = train(cls(cfg))
+        return {"final": str(result.final_dir), "step": result.step}
 
 
-def run(args: argparse.Namespace) -> int:
+# -- the steps ------------------------------------------------------------------------------------------------------
+
+
+def _data(q: Quickstart) -> dict:
     from vqrae.cli.cli import main as vqrae
 
-    out = Path(args.out)
-    data = out / "shapes64"
-    if not (data / "val" / "metadata.jsonl").is_file():
-        num = SMOKE["data"]["num"] if args.smoke else 22000
-        cmd = ["data", "shapes", "--out", str(data), "--num", str(num), "--size", "64", "--format", "folder"]
-        print("[run] vqrae " + " ".join(cmd))
-        if vqrae(cmd) != 0:
-            return 2
-    else:
-        print(f"[skip] data: {data} exists")
-    paths = [f"data={data / 'train'}", f"val_data={data / 'val'}"]
-    encoder = _train("encoder-pretrain", out / "encoder", paths, args.smoke)
-    stage1 = _train("tokenizer-stage1", out / "tokenizer-stage1", [*paths, f"encoder={encoder}"], args.smoke)
-    stage2 = _train("tokenizer-stage2", out / "tokenizer-stage2", [*paths, f"tokenizer={stage1}"], args.smoke)
+    num = SMOKE["data"]["num"] if q.smoke else 22000
+    cmd = ["data", "shapes", "--out", str(q.data), "--num", str(num), "--size", "64", "--format", "folder"]
+    print("  vqrae " + " ".join(cmd))
+    if vqrae(cmd) != 0:
+        raise RuntimeError("rendering ShapesWorld failed (see above)")
+    return {"images": num}
 
+
+def _paths(q: Quickstart) -> list[str]:
+    return [f"data={q.data / 'train'}", f"val_data={q.data / 'val'}"]
+
+
+def _encoder(q: Quickstart) -> dict:
+    return q.train("encoder-pretrain", "encoder", _paths(q))
+
+
+def _stage1(q: Quickstart) -> dict:
+    return q.train("tokenizer-stage1", "tokenizer-stage1", [*_paths(q), f"encoder={q.final('encoder')}"])
+
+
+def _stage2(q: Quickstart) -> dict:
+    return q.train("tokenizer-stage2", "tokenizer-stage2", [*_paths(q), f"tokenizer={q.final('tokenizer-stage1')}"])
+
+
+def _eval_tokenizer(q: Quickstart) -> dict:
+    from vqrae.cli.cli import main as vqrae
     from vqrae.eval.reconstruction import load_reference_encoder, reconstruction_metrics, write_summary
     from vqrae.tokenizer import load_vqrae
     from vqrae.train.stages.common import image_text_dataset
 
     results = {}
-    for name, folder, reference in (("stage1", stage1, None), ("stage2", stage2, stage1)):
-        vq = load_vqrae(str(folder))
-        val = image_text_dataset(str(data / "test"), 0, vq.image_size, "test", 0, kind="image")
-        ref = load_reference_encoder(str(reference)) if reference else None
-        results[name] = reconstruction_metrics(vq, val, 64, reference_encoder=ref,
-                                               grid_path=out / f"eval-{name}" / "grid.png")
-        write_summary(results[name], out / f"eval-{name}" / "summary.json")
-    print("\nreconstruction on held-out ShapesWorld test images:")
-    print(f"{'':8}{'PSNR':>8}{'SSIM':>8}{'util':>8}{'perplexity':>12}{'feat cos':>10}{'colour probe':>16}")
-    for name, m in results.items():
-        probe = (f"{m['colour_probe_features']:.1f} / {m['colour_probe_codes']:.1f}"
-                 if "colour_probe_codes" in m else "-")
-        print(f"{name:8}{m['psnr']:>8.2f}{m['ssim']:>8.3f}{m['utilization']:>8.1%}{m['perplexity']:>12.1f}"
-              f"{m.get('feature_cosine', 1.0):>10.4f}{probe:>16}")
-    print("(colour probe: RMS error, in 8-bit levels, of a linear read-out of each patch's mean colour from the "
-          "features / from the codes)")
-    if all("shape_accuracy" in m for m in results.values()):  # what generation needs: objects survive the trip
-        print(f"\n{'':8}{'shape acc':>11}{'colour acc':>12}{'box acc':>9}{'GenEval rec / orig':>20}")
-        for name, m in results.items():
-            print(f"{name:8}{m['shape_accuracy']:>11.1%}{m['colour_accuracy']:>12.1%}{m['box_accuracy']:>9.1%}"
-                  f"{m.get('geneval', float('nan')):>12.3f} / {m.get('geneval_originals', float('nan')):.3f}")
-        print("(the ShapesWorld detector on reconstructions, objects matched to the ground truth; GenEval-style "
-              "score of the reconstructions against the originals')")
-    sample = min((data / "test" / "images").glob("*.png"))
-    pair = out / "reconstruction.png"
-    vqrae(["reconstruct", "--tokenizer", str(stage2), "--image", str(sample), "--out", str(pair)])
-    (out / "quickstart.json").write_text(json.dumps({k: {m: v for m, v in r.items() if m != "notes"}
-                                                     for k, r in results.items()}, indent=2))
-    print(f"\ntokenizer: {stage2}\nevaluation: {out}/eval-stage*/ (summary.json, grid.png)\n"
-          f"try: vqrae reconstruct --tokenizer {stage2} --image YOUR.png --out rec.png")
+    num = q.eval_sizes["test_images"]
+    for name, reference in (("stage1", None), ("stage2", "tokenizer-stage1")):
+        vq = load_vqrae(str(q.final(f"tokenizer-{name}")))
+        test = image_text_dataset(str(q.data / "test"), num, vq.image_size, "test", 0, kind="image")
+        ref = load_reference_encoder(str(q.final(reference))) if reference else None
+        m = reconstruction_metrics(vq, test, 64, reference_encoder=ref, grid_path=q.out / f"eval-{name}" / "grid.png")
+        write_summary(m, q.out / f"eval-{name}" / "summary.json")
+        results[name] = {k: v for k, v in m.items() if k != "notes"}
+    sample = min((q.data / "test" / "images").glob("*.png"))
+    vqrae(["reconstruct", "--tokenizer", str(q.final("tokenizer-stage2")), "--image", str(sample),
+           "--out", str(q.out / "reconstruction.png")])
+    return results
+
+
+def _lm(q: Quickstart) -> dict:
+    return q.train("lm-pretrain", "lm", [])
+
+
+def _align(q: Quickstart) -> dict:
+    return q.train("unified-align", "unified-align",
+                   [f"llm={q.final('lm')}", f"vqrae={q.final('tokenizer-stage2')}"])
+
+
+def _sft(q: Quickstart) -> dict:
+    return q.train("unified-sft", "unified-sft", [f"init={q.final('unified-align')}"])
+
+
+def _load_unified(q: Quickstart):
+    from vqrae.unified_model import UnifiedModel
+
+    return UnifiedModel.from_pretrained(str(q.final("unified-sft"))).eval()
+
+
+def _eval_understanding(q: Quickstart) -> dict:
+    from vqrae.eval.shapes_quick import shapes_vqa_metrics
+
+    metrics = shapes_vqa_metrics(_load_unified(q), q.eval_sizes["vqa_images"], progress=True)
+    (q.out / "vqa.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _eval_generation(q: Quickstart) -> dict:
+    from vqrae.data.geneval import TAGS, build_prompt_set, write_jsonl
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.eval.geneval.layout import generate_folder
+    from vqrae.eval.geneval.suite import labelled_grid, make_plugins, score_folder
+
+    model = _load_unified(q)
+    cfg = ShapesConfig(size=model.processor.image_size)
+    per_tag = q.eval_sizes["prompts_per_tag"]
+    records = build_prompt_set(cfg.classes, cfg.colors, {t: per_tag for t in TAGS}, seed=0, max_count=cfg.max_objects)
+    folder = q.out / "geneval"
+    write_jsonl(folder / "prompts.jsonl", records)
+    detector, colors, _ = make_plugins("shapes", records)
+    generate_folder(model, records, folder, q.eval_sizes["images_per_prompt"], batch_size=8)
+    summary = score_folder(folder, detector, colors)
+    # one labelled tile per prompt (its first image), right/wrong as the scorer judged it
+    results = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    firsts = {}
+    for r in results:
+        firsts.setdefault(r["folder"], r)
+    tiles = [(folder / r["filename"], f"{'ok' if r['correct'] else 'x'} {r['prompt'].removeprefix('a photo of ')}")
+             for r in list(firsts.values())[:GENERATED_PROMPTS]]
+    labelled_grid(tiles, q.out / "generated.png", tile=128)
+    ceiling = q.state["results"].get("eval-tokenizer", {}).get("stage2", {}).get("geneval")
+    overall = summary["overall"]
+    return {"overall": overall, "tags": {t: v["score"] for t, v in summary["tags"].items()},
+            "images": len(results), "cfg_scale": model.sampling_config.cfg_scale, "ceiling": ceiling,
+            "fraction_of_ceiling": overall / ceiling if ceiling else None}
+
+
+def _chat(q: Quickstart) -> dict:
+    from vqrae.eval.chat_demo import scripted_chat
+
+    return scripted_chat(_load_unified(q), q.out / "chat")
+
+
+def _report(q: Quickstart) -> dict:
+    from vqrae.eval.report import loss_curves_figure, machine_line, write_report
+
+    stages = {"encoder (stage 0)": "encoder", "tokenizer stage 1": "tokenizer-stage1",
+              "tokenizer stage 2": "tokenizer-stage2", "language model": "lm", "unified align": "unified-align",
+              "unified SFT": "unified-sft"}
+    loss_curves_figure({k: q.out / v for k, v in stages.items()}, q.out / "loss_curves.png")
+    q.state["machine"] = machine_line()
+    q.state["models"] = {"tokenizer": str(q.final("tokenizer-stage2")), "unified": str(q.final("unified-sft"))}
+    return {"report": str(write_report(q.out, q.state))}
+
+
+STEPS = [
+    Step("data", "render ShapesWorld", 60, _data),
+    Step("encoder", "stage 0: SigLIP encoder", 170, _encoder),
+    Step("tokenizer-stage1", "tokenizer stage 1", 170, _stage1),
+    Step("tokenizer-stage2", "tokenizer stage 2", 240, _stage2),
+    Step("eval-tokenizer", "reconstruction of held-out images", 60, _eval_tokenizer),
+    Step("lm", "language model", 60, _lm),
+    Step("unified-align", "unified model: alignment", 45, _align),
+    Step("unified-sft", "unified model: SFT (answer and draw)", 240, _sft),
+    Step("eval-understanding", "VQA on held-out images", 40, _eval_understanding),
+    Step("eval-generation", "GenEval-style text-to-image", 60, _eval_generation),
+    Step("chat", "scripted chat", 15, _chat),
+    Step("report", "report.md and figures", 5, _report),
+]
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quickstart", help="train and evaluate the whole model on ShapesWorld, end to end (CPU)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/quickstart", help="working folder (default runs/quickstart)")
+    p.add_argument("--smoke", action="store_true", help="toy sizes: checks the wiring in a couple of minutes")
+    p.add_argument("--fresh", action="store_true", help="delete the working folder's quickstart and start over")
+    p.set_defaults(func=run)
+
+
+def _fresh(out: Path) -> None:
+    if not out.exists():
+        return
+    if not (out / "quickstart.json").is_file() and any(out.iterdir()):
+        raise ValueError(f"--fresh would delete {out}, which does not look like a quickstart folder (no "
+                         "quickstart.json); remove it yourself or choose another --out")
+    shutil.rmtree(out)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.fresh:
+        _fresh(out)
+    out.mkdir(parents=True, exist_ok=True)
+    q = Quickstart(out, args.smoke)
+    ran_s = ran_expected = 0.0
+    timings = []
+    for i, step in enumerate(STEPS, 1):
+        done = q.state["steps"].get(step.name)
+        if done is not None:
+            print(f"[{i}/{len(STEPS)}] [skip] {step.name}: done in an earlier run ({done['seconds']:.0f} s)")
+            timings.append((step, done["seconds"], "reused"))
+            continue
+        pending = [s for s in STEPS[i - 1:] if s.name not in q.state["steps"]]
+        pace = ran_s / ran_expected if ran_expected else 1.0  # this machine against the one the estimates are from
+        left = pace * sum(s.expected_s for s in pending) * (0.1 if q.smoke else 1.0)
+        print(f"\n[{i}/{len(STEPS)}] {step.name}: {step.title} (about {_clock(left)} left in all)", flush=True)
+        t0 = time.perf_counter()
+        result = step.run(q)
+        seconds = time.perf_counter() - t0
+        ran_s += seconds
+        ran_expected += step.expected_s * (0.1 if q.smoke else 1.0)
+        q.state["steps"][step.name] = {"title": step.title, "seconds": round(seconds, 1)}
+        q.state["results"][step.name] = result
+        if step.name == "report":  # the report lists its own time too
+            q.state["steps"]["report"]["seconds"] = round(seconds, 1)
+            from vqrae.eval.report import write_report
+
+            write_report(q.out, q.state)
+        q.save()
+        timings.append((step, seconds, "ran"))
+        print(f"[{i}/{len(STEPS)}] {step.name} done in {seconds:.0f} s")
+    _summary(q, timings)
     return 0
+
+
+def _summary(q: Quickstart, timings: list) -> None:
+    res = q.state["results"]
+    print(f"\n{'step':<20}{'seconds':>9}  ")
+    for step, seconds, how in timings:
+        print(f"{step.name:<20}{seconds:>9.0f}  {'' if how == 'ran' else '(' + how + ')'}")
+    print(f"{'total':<20}{sum(s for _, s, _ in timings):>9.0f}")
+    rec = res.get("eval-tokenizer", {}).get("stage2", {})
+    if rec:
+        print(f"\ntokenizer (held-out): PSNR {rec['psnr']:.2f}, SSIM {rec['ssim']:.3f}, codebook use "
+              f"{rec.get('utilization', 0):.1%}, shape acc {rec.get('shape_accuracy', float('nan')):.1%}")
+    vqa = res.get("eval-understanding", {})
+    if vqa:
+        print(f"understanding: ShapesWorld VQA {vqa['overall_acc']:.1%} overall ({vqa['questions']:.0f} questions)")
+    gen = res.get("eval-generation", {})
+    if gen:
+        print(f"generation: GenEval-style {gen['overall']:.3f} ({gen['images']} images; tokenizer ceiling "
+              f"{gen['ceiling'] if gen['ceiling'] is not None else float('nan'):.3f})")
+    chat = res.get("chat", {})
+    if chat:
+        print(f"chat: {chat['answers_correct']}/3 answers right, drew by itself: {chat['drew_by_itself']}")
+    tok, model = q.final("tokenizer-stage2"), q.final("unified-sft")
+    print(f"\nreport: {q.out / 'report.md'}\ntokenizer: {tok}\nunified model: {model}\n\ntry:\n"
+          f"  vqrae chat --model {model} --image {q.out / 'chat' / 'image.png'}\n"
+          f"  vqrae generate --model {model} --prompt \"a photo of a red circle\" --out {q.out / 'drawings'}\n"
+          f"  vqrae reconstruct --tokenizer {tok} --image YOUR.png --out rec.png")

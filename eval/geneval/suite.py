@@ -62,9 +62,10 @@ def _label(image: Image.Image, text: str, tile: int) -> Image.Image:
     return cell
 
 
-def failure_grid(failures: Sequence[tuple[Path, str]], path: Path, max_images: int = 64, tile: int = 96) -> bool:
-    """A labelled grid of failed images (`(image path, label)`); False when there is nothing to draw."""
-    cells = [_label(load_image(p), label, tile) for p, label in failures[:max_images]]
+def labelled_grid(images: Sequence[tuple[Path, str]], path: Path, max_images: int = 64, tile: int = 96) -> bool:
+    """A grid of images (`(image path, label)`), each enlarged to about `tile` pixels with its label under it; False
+    when there is nothing to draw."""
+    cells = [_label(load_image(p), label, tile) for p, label in images[:max_images]]
     if not cells:
         return False
     w, h = max(c.width for c in cells), max(c.height for c in cells)
@@ -106,7 +107,7 @@ def score_folder(root: str | Path, detector: Detector, color_classifier: ColorCl
         f.writelines(json.dumps(r) + "\n" for r in results)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary, title))
-    summary["failures_png"] = str(out / "failures.png") if failure_grid(failures, out / "failures.png") else None
+    summary["failures_png"] = str(out / "failures.png") if labelled_grid(failures, out / "failures.png") else None
     if summary["failures_png"] is None and (out / "failures.png").exists():
         (out / "failures.png").unlink()  # a stale grid from an earlier run
     return summary
