@@ -281,7 +281,10 @@ def run(args: argparse.Namespace) -> int:
             timings.append((step, done["seconds"], "reused"))
             continue
         pending = [s for s in STEPS[i - 1:] if s.name not in q.state["steps"]]
-        pace = ran_s / ran_expected if ran_expected else 1.0  # this machine against the one the estimates are from
+        # this machine against the one the estimates come from, damped by a 5-minute prior so that one short step
+        # does not swing the estimate
+        prior = 300 * (0.1 if q.smoke else 1.0)
+        pace = (ran_s + prior) / (ran_expected + prior)
         left = pace * sum(s.expected_s for s in pending) * (0.1 if q.smoke else 1.0)
         print(f"\n[{i}/{len(STEPS)}] {step.name}: {step.title} (about {_clock(left)} left in all)", flush=True)
         t0 = time.perf_counter()

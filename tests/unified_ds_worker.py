@@ -38,7 +38,11 @@ def main() -> None:
     run("unified-align", root / "align", ds, "[{task: describe, data: shapes, num: 8}]",
         f"llm={root / 'llm'}", f"vqrae={root / 'vqrae'}")
     engine = run("unified-sft", root / "sft", ds, "[{task: conversation, data: shapes, num: 8}, "
-                 "{task: t2i, data: shapes, num: 8}]", f"init={root / 'align' / 'final'}")
+                 "{task: t2i, data: shapes, num: 8}]", f"init={root / 'align' / 'final'}",
+                 # code rows re-derived from align's projector (whole tensors, then partitioned under ZeRO-3), and
+                 # batches not grouped by source, so one process can hold only text-to-image records while the
+                 # other holds images: the projector must still get a gradient on both
+                 "reinit_codes=true", "group_by_source=false", "max_steps=4", "batch_size=1")
     stage, model = engine.stage, engine.backend.model
     rank = torch.distributed.get_rank()
     partitioned = any(hasattr(p, "ds_id") for p in engine.backend.module.parameters())  # ZeRO-3 managed

@@ -278,6 +278,13 @@ class UnifiedModel(PreTrainedModel):
         if n_slots == 0:
             if pixel_values is not None and len(pixel_values) > 0:
                 raise ValueError(f"{len(pixel_values)} image(s) given but the prompt has no <image>")
+            if (self.training and torch.is_grad_enabled() and self.config.image_input == "features"
+                    and any(p.requires_grad for p in self.projector.parameters())):
+                # A batch without images (text-to-image records) still gives the projector a (zero) gradient: under
+                # DDP/ZeRO every process must reduce the same parameters, whatever its batch held (as LLaVA does).
+                proj = next(self.projector.parameters())
+                dummy = self.projector(torch.zeros(1, self.config.feature_dim, device=proj.device, dtype=proj.dtype))
+                embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
             return embeds
         if self.config.image_input == "codes" and image_features is None:
             if image_codes is None:

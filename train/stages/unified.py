@@ -162,8 +162,9 @@ class UnifiedStage(Stage):
     def __init__(self, config: UnifiedStageConfig):
         super().__init__(config)
         # Loading a unified folder under ZeRO-3 is partitioned from the start; building from an LLM edits weights
-        # (vocabulary extension, code rows) and so runs on whole tensors.
-        self.partitioned_init = bool(config.init)
+        # (vocabulary extension, code rows) and so runs on whole tensors, and so does re-deriving the code rows from
+        # the projector of an `init` folder (reinit_codes).
+        self.partitioned_init = bool(config.init) and not config.reinit_codes
         self.model: nn.Module | None = None
         self._train: Dataset | None = None
         self._val: list[tuple[str, Dataset]] | None = None
