@@ -36,8 +36,15 @@ def loss_curves_figure(stages: dict[str, str | Path], png_path: str | Path) -> P
     fig = Figure(figsize=(4 * cols, 3 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, pts) in zip(axes.flat, curves.items()):
-        ax.plot(*zip(*pts), lw=1.2)
         values = [v for _, v in pts]
+        if len(pts) >= 20:  # batches grouped by task make a mixture's loss jump: show the running mean over it
+            ax.plot(*zip(*pts), lw=0.8, alpha=0.35)
+            k = 5
+            mean = [sum(values[max(0, i - k + 1): i + 1]) / len(values[max(0, i - k + 1): i + 1])
+                    for i in range(len(values))]
+            ax.plot([s for s, _ in pts], mean, lw=1.5)
+        else:
+            ax.plot(*zip(*pts), lw=1.2)
         if min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
         ax.set_title(name)
