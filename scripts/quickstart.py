@@ -57,7 +57,7 @@ GENERATED_PROMPTS = 12  # labelled tiles in generated.png
 class Step:
     name: str
     title: str
-    expected_s: float  # full size, measured on an unloaded 2-core machine; only for the "time left" estimate
+    expected_s: float  # full size, measured on an idle 2-core machine (README); only for the "time left" estimate
     run: Callable[[Quickstart], dict]
 
 
@@ -226,18 +226,18 @@ def _report(q: Quickstart) -> dict:
 
 
 STEPS = [
-    Step("data", "render ShapesWorld", 60, _data),
-    Step("encoder", "stage 0: SigLIP encoder", 170, _encoder),
-    Step("tokenizer-stage1", "tokenizer stage 1", 170, _stage1),
-    Step("tokenizer-stage2", "tokenizer stage 2", 240, _stage2),
-    Step("eval-tokenizer", "reconstruction of held-out images", 60, _eval_tokenizer),
-    Step("lm", "language model", 60, _lm),
-    Step("unified-align", "unified model: alignment", 45, _align),
-    Step("unified-sft", "unified model: SFT (answer and draw)", 240, _sft),
-    Step("eval-understanding", "VQA on held-out images", 40, _eval_understanding),
-    Step("eval-generation", "GenEval-style text-to-image", 60, _eval_generation),
-    Step("chat", "scripted chat", 15, _chat),
-    Step("report", "report.md and figures", 5, _report),
+    Step("data", "render ShapesWorld", 23, _data),
+    Step("encoder", "stage 0: SigLIP encoder", 154, _encoder),
+    Step("tokenizer-stage1", "tokenizer stage 1", 175, _stage1),
+    Step("tokenizer-stage2", "tokenizer stage 2", 184, _stage2),
+    Step("eval-tokenizer", "reconstruction of held-out images", 34, _eval_tokenizer),
+    Step("lm", "language model", 76, _lm),
+    Step("unified-align", "unified model: alignment", 44, _align),
+    Step("unified-sft", "unified model: SFT (answer and draw)", 378, _sft),
+    Step("eval-understanding", "VQA on held-out images", 5, _eval_understanding),
+    Step("eval-generation", "GenEval-style text-to-image", 3, _eval_generation),
+    Step("chat", "scripted chat", 1, _chat),
+    Step("report", "report.md and figures", 1, _report),
 ]
 
 
