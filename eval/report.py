@@ -113,9 +113,15 @@ def report_markdown(state: dict) -> str:
     if vqa:
         keys = [k for k in ("overall_acc", "count_acc", "color_acc", "shape_acc", "exist_f1", "exist_precision",
                             "exist_recall", "position_acc", "mc_acc") if k in vqa]
+        control = vqa.get("shuffled_images", {})
         lines += [f"## Understanding: ShapesWorld VQA ({vqa.get('questions', 0):.0f} questions on held-out images)",
-                  "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                  "| " + " | ".join(_pct(vqa[k]) for k in keys) + " |", ""]
+                  "", "| images | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1),
+                  "| right | " + " | ".join(_pct(vqa[k]) for k in keys) + " |"]
+        if control:
+            lines += ["| shuffled | " + " | ".join(_pct(control.get(k)) for k in keys) + " |", "",
+                      ("Shuffled: each question asked about another question's image. A type that scores as well there "
+                      "is answered from the language prior, not from the image.")]
+        lines.append("")
 
     gen = results.get("eval-generation", {})
     if gen:

@@ -52,10 +52,28 @@ def answer_questions(model, docs: list[dict], batch_size: int = 32, max_new_toke
     return answers
 
 
+def shuffle_images(docs: list[dict], seed: int = 0) -> list[dict]:
+    """The same questions, each asked about another image (a fixed derangement of the images, so no question keeps
+    its own): the control that shows which answers come from the image and which from the language prior alone."""
+    images = {}  # image id -> pixels, in first-seen order
+    for d in docs:
+        images.setdefault(d["question_id"].rsplit("-", 1)[0], d["pixels"])
+    keys = list(images)
+    if len(keys) < 2:
+        return list(docs)
+    order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed)).tolist()
+    # a cyclic shift of a random order: a derangement
+    swap = {keys[order[i]]: images[keys[order[(i + 1) % len(order)]]] for i in range(len(order))}
+    return [{**d, "pixels": swap[d["question_id"].rsplit("-", 1)[0]]} for d in docs]
+
+
 def shapes_vqa_metrics(model, num_images: int = 100, split: str = "test", seed: int = 0, batch_size: int = 32,
-                       progress: bool = False) -> dict[str, float]:
-    """Accuracy per question type (and POPE precision / recall / F1) on `num_images` held-out images."""
+                       progress: bool = False, shuffled_images: bool = False) -> dict[str, float]:
+    """Accuracy per question type (and POPE precision / recall / F1) on `num_images` held-out images.
+    `shuffled_images`: ask each question about another question's image instead (see `shuffle_images`)."""
     docs = vqa_questions(num_images, model.processor.image_size, split, seed)
+    if shuffled_images:
+        docs = shuffle_images(docs, seed)
     answers = answer_questions(model, docs, batch_size, progress=progress)
     scored = [score_record(d, a) for d, a in zip(docs, answers)]
     return {**all_metrics(scored), "questions": float(len(scored))}

@@ -172,7 +172,10 @@ def _load_unified(q: Quickstart):
 def _eval_understanding(q: Quickstart) -> dict:
     from vqrae.eval.shapes_quick import shapes_vqa_metrics
 
-    metrics = shapes_vqa_metrics(_load_unified(q), q.eval_sizes["vqa_images"], progress=True)
+    model = _load_unified(q)
+    metrics = shapes_vqa_metrics(model, q.eval_sizes["vqa_images"], progress=True)
+    # the control: the same questions about the wrong images; what stays right comes from the language prior
+    metrics["shuffled_images"] = shapes_vqa_metrics(model, q.eval_sizes["vqa_images"], shuffled_images=True)
     (q.out / "vqa.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -318,7 +321,9 @@ def _summary(q: Quickstart, timings: list) -> None:
               f"{rec.get('utilization', 0):.1%}, shape acc {rec.get('shape_accuracy', float('nan')):.1%}")
     vqa = res.get("eval-understanding", {})
     if vqa:
-        print(f"understanding: ShapesWorld VQA {vqa['overall_acc']:.1%} overall ({vqa['questions']:.0f} questions)")
+        blind = vqa.get("shuffled_images", {}).get("overall_acc", float("nan"))
+        print(f"understanding: ShapesWorld VQA {vqa['overall_acc']:.1%} overall ({vqa['questions']:.0f} questions; "
+              f"{blind:.1%} asked about the wrong images)")
     gen = res.get("eval-generation", {})
     if gen:
         print(f"generation: GenEval-style {gen['overall']:.3f} ({gen['images']} images; tokenizer ceiling "

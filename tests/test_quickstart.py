@@ -36,7 +36,9 @@ def test_quickstart_smoke_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypa
         assert (tmp_path / f"eval-{stage}" / "grid.png").is_file()
     assert 0 < res["eval-tokenizer"]["stage2"]["feature_cosine"] <= 1
     assert (tmp_path / "reconstruction.png").is_file()
-    assert 0 <= res["eval-understanding"]["overall_acc"] <= 1 and res["eval-understanding"]["questions"] > 0
+    vqa = res["eval-understanding"]
+    assert 0 <= vqa["overall_acc"] <= 1 and vqa["questions"] > 0
+    assert vqa["shuffled_images"]["questions"] == vqa["questions"]
     gen = res["eval-generation"]
     assert 0 <= gen["overall"] <= 1 and gen["images"] == 6 and set(gen["tags"]) >= {"single_object", "position"}
     assert (tmp_path / "generated.png").is_file()
@@ -44,7 +46,7 @@ def test_quickstart_smoke_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypa
     # the trained models load by path, and the report holds every figure and picture it names
     UnifiedModel.from_pretrained(str(tmp_path / "unified-sft" / "final"))
     report = (tmp_path / "report.md").read_text()
-    for needle in ("## Time per step", "PSNR", "VQA", "GenEval-style", "Scripted chat", "loss_curves.png",
+    for needle in ("## Time per step", "PSNR", "VQA", "| shuffled |", "GenEval-style", "Scripted chat", "loss_curves.png",
                    "generated.png", "eval-stage2/grid.png", "vqrae chat --model"):
         assert needle in report, needle
     for png in ("loss_curves.png", "generated.png"):

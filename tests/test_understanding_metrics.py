@@ -96,3 +96,20 @@ def test_flatten_vqa_one_row_per_question():
     assert flat["type"] == ["count", "mc", "exist"] and flat["pope"] == [None, None, "random"]
     assert flat[1]["choices"] == ["x", "y"] and flat[2]["image"].size == (8, 8)
     assert sv.doc_to_text(flat[1]).endswith(sv.LETTER_ANSWER) and sv.doc_to_text(flat[0]).endswith(sv.SHORT_ANSWER)
+
+
+def test_shuffled_images_control_keeps_questions_and_moves_every_image():
+    import torch
+
+    from vqrae.eval.shapes_quick import shuffle_images, vqa_questions
+
+    docs = vqa_questions(6, 32)
+    shuffled = shuffle_images(docs, seed=3)
+    assert [d["question"] for d in shuffled] == [d["question"] for d in docs]
+    assert [d["answer"] for d in shuffled] == [d["answer"] for d in docs]
+    # every question is asked about another image, and every image is still used (by all of another's questions)
+    assert all(not torch.equal(s["pixels"], d["pixels"]) for s, d in zip(shuffled, docs))
+    image_of = lambda d: d["question_id"].rsplit("-", 1)[0]
+    moved = {image_of(d): next(i for i, o in enumerate(docs) if o["pixels"] is s["pixels"]) for s, d in zip(shuffled, docs)}
+    assert len(moved) == 6 and sorted(image_of(docs[i]) for i in moved.values()) == sorted(moved)
+    assert torch.equal(shuffle_images(docs, seed=3)[0]["pixels"], shuffled[0]["pixels"])  # seeded
