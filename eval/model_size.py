@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 # The LLMs of the paper's recipes, as their hub config.json files give them (architecture keys only).
@@ -167,7 +166,7 @@ def _load(path: str | Path, stage: str | None = None, overrides: Sequence[str] =
 
 def _producer(folder: str, key: str, near: Path, depth: int) -> tuple[str, Any, Path]:
     """The config (beside `near`, else shipped) whose run writes `folder` as its `output_dir/final`."""
-    from vqrae.train.config import CONFIG_DIR
+    from vqrae.train.config import CONFIG_DIR, read_config_file
 
     if depth >= MAX_DEPTH:
         raise ValueError(f"config key '{key}' ({folder}): more than {MAX_DEPTH} configs deep (a loop of output_dir "
@@ -175,8 +174,8 @@ def _producer(folder: str, key: str, near: Path, depth: int) -> tuple[str, Any, 
     target = os.path.abspath(folder)  # paths in configs are relative to where `vqrae train` runs
     for file in [*sorted(near.parent.glob("*.yaml")), *sorted(CONFIG_DIR.glob("*/*.yaml"))]:
         try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except (OSError, yaml.YAMLError):
+            data = read_config_file(file)
+        except (OSError, ValueError):
             continue
         out = data.get("output_dir") if isinstance(data, dict) else None
         sized = file.stem in TOKENIZER_STAGES + UNIFIED_STAGES  # named after its stage, as configs are

@@ -1,6 +1,7 @@
 """`vqrae quickstart`: the whole product on a CPU, from nothing to a unified model that answers and draws, scored.
 
-Steps (each an ordinary command you can rerun by hand; configs in configs/shapes-tiny/):
+Steps (each an ordinary command you can rerun by hand; configs in configs/shapes-tiny/, or the folder --configs
+names: shapes-tiny-p4 trains the same models with 4-px patches, 256 tokens per image, which keep the shapes):
    1. data               render ShapesWorld train/val/test               (`vqrae data shapes`)
    2. encoder            stage 0: a small SigLIP on its captions         (`vqrae train encoder-pretrain`)
    3. tokenizer-stage1   frozen encoder; codebook map + decoder learn    (`vqrae train tokenizer-stage1`)
@@ -14,7 +15,8 @@ Steps (each an ordinary command you can rerun by hand; configs in configs/shapes
   11. chat               a scripted chat about a held-out image          (`vqrae chat --demo`)
   12. report             report.md, loss curves, generated grid
 Finished steps are recorded in OUT/quickstart.json and reused when the quickstart runs again; a training step that
-was interrupted resumes from its last checkpoint; --fresh starts over.
+was interrupted resumes from its last checkpoint; --fresh starts over; --until STEP stops after STEP (a later run
+goes on from there).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from vqrae.train.config import CONFIG_DIR
 
-CONFIGS = CONFIG_DIR / "shapes-tiny"
+PROFILES = ("shapes-tiny", "shapes-tiny-p4")  # folders of configs/ with every stage's config
 
 # --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).
 _TOY_UNIFIED = ["batch_size=4", "max_steps=3", "val_num=0", "save_every=0", "max_length=256", "warmup_steps=0"]
@@ -64,16 +66,19 @@ class Step:
 class Quickstart:
     """The state of one quickstart folder: what is done (OUT/quickstart.json), where everything goes."""
 
-    def __init__(self, out: Path, smoke: bool):
-        self.out, self.smoke = out, smoke
+    def __init__(self, out: Path, smoke: bool, configs: str = "shapes-tiny"):
+        self.out, self.smoke, self.configs = out, smoke, CONFIG_DIR / configs
         self.data = out / "shapes64"
         self.eval_sizes = SMOKE["eval"] if smoke else FULL_EVAL
         self.state_path = out / "quickstart.json"
-        self.state = {"smoke": smoke, "steps": {}, "results": {}}
+        self.state = {"smoke": smoke, "configs": configs, "steps": {}, "results": {}}
         if self.state_path.is_file():
             saved = json.loads(self.state_path.read_text())
             if saved.get("smoke", False) != smoke:
                 raise ValueError(f"{out} holds a {'smoke' if saved.get('smoke') else 'full'} quickstart; use "
+                                 "--fresh to start over or another --out")
+            if saved.get("configs", "shapes-tiny") != configs:
+                raise ValueError(f"{out} holds a quickstart of --configs {saved.get('configs', 'shapes-tiny')}; use "
                                  "--fresh to start over or another --out")
             self.state.update(saved)
 
@@ -92,7 +97,7 @@ class Quickstart:
         out = self.out / folder
         cls = get_stage(stage_name)
         extra = SMOKE[stage_name] if self.smoke else []
-        config = CONFIGS / f"{stage_name}.yaml"
+        config = self.configs / f"{stage_name}.yaml"
         cfg = load_config(cls.config_class, config, [f"output_dir={out}", *overrides, *extra])
         print(f"  vqrae train {stage_name} --config {config} " + " ".join([f"output_dir={out}", *overrides, *extra]))
         result = train(cls(cfg))
@@ -253,6 +258,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/quickstart", help="working folder (default runs/quickstart)")
     p.add_argument("--smoke", action="store_true", help="toy sizes: checks the wiring in a couple of minutes")
     p.add_argument("--fresh", action="store_true", help="delete the working folder's quickstart and start over")
+    p.add_argument("--configs", default="shapes-tiny", choices=PROFILES,
+                   help="the configs/ folder every stage trains with: shapes-tiny (default; 64 tokens per image, the "
+                   "quickest) or shapes-tiny-p4 (patch 4: 256 tokens per image, keeps the shapes; several times "
+                   "longer; see the README)")
+    p.add_argument("--until", choices=[s.name for s in STEPS], metavar="STEP",
+                   help="stop after this step (e.g. eval-tokenizer: only the tokenizer); a later run goes on from there."
+                   " Steps: " + ", ".join(s.name for s in STEPS))
     p.set_defaults(func=run)
 
 
@@ -274,16 +286,17 @@ def run(args: argparse.Namespace) -> int:
     if args.fresh:
         _fresh(out)
     out.mkdir(parents=True, exist_ok=True)
-    q = Quickstart(out, args.smoke)
+    q = Quickstart(out, args.smoke, args.configs)
+    steps = STEPS[:[s.name for s in STEPS].index(args.until) + 1] if args.until else STEPS
     ran_s = ran_expected = 0.0
     timings = []
-    for i, step in enumerate(STEPS, 1):
+    for i, step in enumerate(steps, 1):
         done = q.state["steps"].get(step.name)
         if done is not None:
             print(f"[{i}/{len(STEPS)}] [skip] {step.name}: done in an earlier run ({done['seconds']:.0f} s)")
             timings.append((step, done["seconds"], "reused"))
             continue
-        pending = [s for s in STEPS[i - 1:] if s.name not in q.state["steps"]]
+        pending = [s for s in steps[i - 1:] if s.name not in q.state["steps"]]
         # this machine against the one the estimates come from, damped by a 5-minute prior so that one short step
         # does not swing the estimate
         prior = 300 * (0.1 if q.smoke else 1.0)
@@ -331,6 +344,10 @@ def _summary(q: Quickstart, timings: list) -> None:
     if chat:
         print(f"chat: {chat['answers_correct']}/3 answers right, drew by itself: {chat['drew_by_itself']}")
     tok, model = q.final("tokenizer-stage2"), q.final("unified-sft")
+    if "unified-sft" not in q.state["steps"]:
+        if "tokenizer-stage2" in q.state["steps"]:
+            print(f"\ntokenizer: {tok}\n\ntry:\n  vqrae reconstruct --tokenizer {tok} --image YOUR.png --out rec.png")
+        return
     print(f"\nreport: {q.out / 'report.md'}\ntokenizer: {tok}\nunified model: {model}\n\ntry:\n"
           f"  vqrae chat --model {model} --image {q.out / 'chat' / 'image.png'}\n"
           f"  vqrae generate --model {model} --prompt \"a photo of a red circle\" --out {q.out / 'drawings'}\n"

@@ -73,3 +73,22 @@ def test_interrupted_training_step_resumes_from_its_checkpoint(tmp_path, monkeyp
     with caplog.at_level("INFO", logger="vqrae.train.engine"):
         assert q.train("encoder-pretrain", "encoder", [*common, "max_steps=6"])["step"] == 6
     assert "(step 4)" in caplog.text
+
+
+def test_p4_profile_until_the_tokenizer(tmp_path, capsys):
+    """--configs shapes-tiny-p4 trains every stage from that folder (4-px patches: 256 codes per image); --until stops
+    after the named step, and the folder remembers its profile."""
+    from vqrae.tokenizer import load_vqrae
+
+    args = ["quickstart", "--smoke", "--configs", "shapes-tiny-p4", "--until", "eval-tokenizer", "--out", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    state = json.loads((tmp_path / "quickstart.json").read_text())
+    assert list(state["steps"]) == STEPS[: STEPS.index("eval-tokenizer") + 1] and state["configs"] == "shapes-tiny-p4"
+    assert "configs/shapes-tiny-p4/tokenizer-stage2.yaml" in out and "vqrae reconstruct --tokenizer" in out
+    vq = load_vqrae(str(tmp_path / "tokenizer-stage2" / "final"))
+    assert vq.patch_size == 4 and vq.num_tokens == 256
+    assert "shape_accuracy" in state["results"]["eval-tokenizer"]["stage2"]
+    # the same folder with the other profile is refused, not mixed
+    assert main(["quickstart", "--smoke", "--until", "lm", "--out", str(tmp_path)]) == 2
+    assert "--configs shapes-tiny-p4" in capsys.readouterr().err

@@ -107,3 +107,43 @@ def test_scheduler_keeps_group_ratios_and_rejects_unknown_names():
         sched.step()
     with pytest.raises(ValueError, match="unknown lr schedule 'step'"):
         build_scheduler(opt, "step", 0, 10)
+
+
+def test_base_config_is_read_first_and_overlaid(tmp_path):
+    (tmp_path / "parent.yaml").write_text("lr: 1e-3\nmax_steps: 50\ndims: [1, 2]\ndecoder: {depth: 4, width: 32}\n")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: ../parent.yaml\nmax_steps: 7\ndims: [3]\ndecoder: {width: 16}\n")
+    cfg = load_config(MyStageConfig, child, ["lr=2e-3"])
+    # scalars and lists replaced, mappings merged key by key, overrides last
+    assert (cfg.lr, cfg.max_steps, cfg.dims) == (2e-3, 7, [3])
+    assert (cfg.decoder.depth, cfg.decoder.width) == (4, 16)
+
+
+def test_base_config_errors_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"a\.yaml.*cycle|b\.yaml.*cycle"):
+        load_config(MyStageConfig, a)
+    a.write_text("base: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(MyStageConfig, a)
+    a.write_text("base: [1]\n")
+    with pytest.raises(ValueError, match="'base' must name another config file"):
+        load_config(MyStageConfig, a)
+
+
+def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
+    from vqrae.train.stages import get_stage
+
+    def load(profile, stage, overrides=()):
+        return load_config(get_stage(stage).config_class, f"{profile}/{stage}", list(overrides))
+
+    tiny, p4 = load("shapes-tiny", "encoder-pretrain"), load("shapes-tiny-p4", "encoder-pretrain")
+    assert (tiny.patch_size, p4.patch_size) == (8, 4) and p4.width == tiny.width and p4.max_steps == tiny.max_steps
+    s1 = load("shapes-tiny-p4", "tokenizer-stage1")
+    assert s1.encoder == "runs/shapes-tiny-p4/encoder/final" and s1.output_dir.startswith("runs/shapes-tiny-p4/")
+    assert s1.model.codebook_size == load("shapes-tiny", "tokenizer-stage1").model.codebook_size
+    sft = load("shapes-tiny-p4", "unified-sft", ["init=x"])
+    assert sft.max_length >= 2 * 256 + 64 and sft.data == load("shapes-tiny", "unified-sft", ["init=x"]).data

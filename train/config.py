@@ -99,13 +99,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     source = "defaults"
     if path is not None:
         path = resolve_config_path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"config file {path}: expected a mapping of keys to values, got {type(loaded).__name__}")
-        data = loaded or {}
+        data = read_config_file(path)
         source = str(path)
     values = _parse_mapping(cls, data, prefix="", source=source)
     for item in overrides:
@@ -114,6 +108,37 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
             raise ValueError(f"override '{item}' is not of the form key=value")
         _set_override(cls, values, key.strip(), raw, item)
     return _build(cls, values)
+
+
+def read_config_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a mapping. `base: OTHER` (a path relative to this file, or a shipped config name) reads
+    OTHER first and lays this file's keys over it (mappings merge key by key, everything else is replaced): a
+    profile that changes two settings of another says only those two."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"config file {path}: expected a mapping of keys to values, got {type(loaded).__name__}")
+    data = loaded or {}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        msg = f"config file {path}: 'base' must name another config file, got {base!r}"
+        raise ValueError(msg)  # noqa: TRY004 (config errors are ValueErrors: the CLI prints them as one line)
+    sibling = path.parent / base
+    base_path = sibling if sibling.is_file() else resolve_config_path(base)
+    if base_path.resolve() in _seen or base_path.resolve() == path.resolve():
+        raise ValueError(f"config file {path}: 'base: {base}' makes a cycle")
+    return _merge(read_config_file(base_path, (*_seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def packaged_configs() -> list[str]:
