@@ -34,6 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--device", default="cpu")
     r.add_argument("--out", default="runs/eval/reconstruction", help="output folder (default runs/eval/reconstruction)")
     r.set_defaults(func=run_reconstruction)
+    c = suites.add_parser(
+        "patch-ceiling", help="what a codebook over raw pixel patches keeps: the yardstick for a token grid and K",
+        description="K-means on the raw PxP pixel patches of training images; every test patch replaced by its "
+        "nearest centroid, and measured as `eval reconstruction` measures a tokenizer (PSNR, SSIM, and on "
+        "ShapesWorld the detector's shape/colour/box accuracy and the GenEval-style score against the originals). "
+        "A tokenizer with that patch and codebook size whose codes were pixel-optimal would score about this, "
+        "whatever its decoder: if this misses a goal, change the patch or K, not the training. Writes "
+        "summary.json and one grid per row.")
+    c.add_argument("--data", required=True, help='test images (as for `eval reconstruction`; "shapes": rendered)')
+    c.add_argument("--train-data", required=True, help="images whose patches the K-means learns from")
+    c.add_argument("--patch", default="4,8", help="patch sizes, comma-separated (default 4,8)")
+    c.add_argument("--codebook-size", default="512", help="codebook sizes K, comma-separated (default 512)")
+    c.add_argument("--size", type=int, default=64, help="image side the data is read at (default 64)")
+    c.add_argument("--num", type=int, default=300, help="test images (default 300)")
+    c.add_argument("--train-num", type=int, default=3000, help="training images (default 3000)")
+    c.add_argument("--iters", type=int, default=15, help="Lloyd iterations (default 15)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="runs/eval/patch-ceiling", help="output folder (default runs/eval/patch-ceiling)")
+    c.set_defaults(func=run_patch_ceiling)
     register_geneval(suites)
     from vqrae.cli.eval_understanding import register_understanding
 
@@ -78,6 +97,54 @@ def run_reconstruction(args: argparse.Namespace) -> int:
     for key, note in metrics.get("notes", {}).items():
         print(f"{key:>16}: {note}")
     print(f"wrote {out / 'summary.json'} and {out / 'grid.png'}")
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    from vqrae.cli import CLIError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CLIError(f"{flag} takes comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise CLIError(f"{flag} takes positive whole numbers, got {text!r}")
+    return values
+
+
+def run_patch_ceiling(args: argparse.Namespace) -> int:
+    import json
+
+    from torch.utils.data import Subset
+
+    from vqrae.cli import CLIError
+    from vqrae.eval.patch_ceiling import patch_ceiling
+    from vqrae.train.stages.common import image_text_dataset
+
+    patches, sizes = _int_list(args.patch, "--patch"), _int_list(args.codebook_size, "--codebook-size")
+    if args.num <= 0 or args.train_num <= 0:
+        raise CLIError("--num and --train-num must be positive")
+    bad = [p for p in patches if args.size % p]
+    if bad:
+        raise CLIError(f"--patch {bad} does not divide the image size {args.size}")
+
+    def data(path: str, num: int, split: str):
+        ds = image_text_dataset(path, num, args.size, split, args.seed, kind="image")
+        return Subset(ds, range(min(num, len(ds))))
+
+    out = Path(args.out)
+    rows = patch_ceiling(data(args.train_data, args.train_num, "train"), data(args.data, args.num, "test"), patches,
+                         sizes, iters=args.iters, seed=args.seed, grid_dir=out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"{'patch':>5} {'K':>6} {'tokens':>6} {'PSNR':>6} {'SSIM':>6} {'perplexity':>10} {'shape':>6} {'colour':>6} "
+          f"{'box':>6} {'GenEval rec/orig':>16}")
+    for r in rows:
+        fid = (f"{r['shape_accuracy']:>6.1%} {r['colour_accuracy']:>6.1%} {r['box_accuracy']:>6.1%} "
+               f"{r['geneval']:>7.3f}/{r['geneval_originals']:.3f}") if "shape_accuracy" in r else "  (no ShapesWorld records)"
+        print(f"{r['patch']:>5} {r['codebook_size']:>6} {r['tokens']:>6} {r['psnr']:>6.2f} {r['ssim']:>6.3f} "
+              f"{r['perplexity']:>10.1f} {fid}")
+    print(f"wrote {out / 'summary.json'} and a grid per row in {out}")
     return 0
 
 
