@@ -33,9 +33,11 @@ from pathlib import Path
 from vqrae.train.config import CONFIG_DIR
 
 PROFILES = ("shapes-tiny", "shapes-tiny-p4")  # folders of configs/ with every stage's config
-# Step times of a full shapes-tiny-p4 run on the idle 2-core machine (README), where they differ from Step.expected_s.
-P4_EXPECTED_S = {"encoder": 638, "tokenizer-stage1": 751, "tokenizer-stage2": 842, "eval-tokenizer": 60,
-                 "unified-align": 110, "unified-sft": 1080, "eval-understanding": 15, "eval-generation": 10}
+# Step times of a full run of another profile on the idle 2-core machine (README), where they differ from
+# Step.expected_s (shapes-tiny's); only for the "time left" estimate.
+EXPECTED_S = {"shapes-tiny-p4": {"encoder": 638, "tokenizer-stage1": 751, "tokenizer-stage2": 842,
+                                 "eval-tokenizer": 60, "unified-align": 129, "unified-sft": 746,
+                                 "eval-understanding": 32, "eval-generation": 10}}
 
 # --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).
 _TOY_UNIFIED = ["batch_size=4", "max_steps=3", "val_num=0", "save_every=0", "max_length=256", "warmup_steps=0"]
@@ -71,7 +73,7 @@ class Quickstart:
 
     def __init__(self, out: Path, smoke: bool, configs: str = "shapes-tiny"):
         self.out, self.smoke, self.configs = out, smoke, CONFIG_DIR / configs
-        self.expected_s = P4_EXPECTED_S if configs == "shapes-tiny-p4" else {}
+        self.expected_s = EXPECTED_S.get(configs, {})
         self.data = out / "shapes64"
         self.eval_sizes = SMOKE["eval"] if smoke else FULL_EVAL
         self.state_path = out / "quickstart.json"

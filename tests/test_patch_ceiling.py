@@ -19,9 +19,10 @@ def test_patchify_round_trip_and_exact_codebook():
     flat = tiles[which].permute(0, 3, 1, 2)  # (5, 3, 4, 4): one colour per cell
     images = flat.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)
     centroids = fit_patch_codebook(images, 4, 2)
-    assert torch.allclose(quantize_patches(images, centroids, 4), images, atol=1e-6)
+    recon, codes = quantize_patches(images, centroids, 4)
+    assert torch.allclose(recon, images, atol=1e-6) and codes.shape == (5 * 16,)
     # K=1 cannot: the mean patch
-    assert not torch.allclose(quantize_patches(images, fit_patch_codebook(images, 4, 1), 4), images, atol=1e-2)
+    assert not torch.allclose(quantize_patches(images, fit_patch_codebook(images, 4, 1), 4)[0], images, atol=1e-2)
     with pytest.raises(ValueError, match="exceeds the 80 training patches"):
         fit_patch_codebook(images, 4, 81)
     with pytest.raises(ValueError, match="patch size 5 does not divide"):
