@@ -52,9 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """`parse_args`, except that KEY=VALUE overrides may come on both sides of options (`vqrae ablate quantizer a=1
+    --config C b=2`): argparse fills a trailing `nargs="*"` positional from one run of tokens only and calls the
+    rest unrecognized, so leftovers that look like overrides join the command's `overrides` list."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overrides = getattr(args, "overrides", None)
+        stray = [x for x in extra if x.startswith("-") or "=" not in x]
+        if overrides is None or stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     logging.basicConfig(

@@ -120,3 +120,16 @@ def test_a_bug_while_reading_an_image_is_not_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(readers, "load_image", buggy)
     with pytest.raises(KeyError):
         ds[0]
+
+
+def test_overrides_on_both_sides_of_an_option_are_all_kept():
+    """`vqrae ablate quantizer a=1 --config C b=2` used to fail with "unrecognized arguments: b=2"."""
+    parser = cli.build_parser()
+    args = cli.parse_args(parser, ["ablate", "quantizer", "max_steps=2", "--config", "c.yaml", "data_num=8", "lr=1"])
+    assert args.overrides == ["max_steps=2", "data_num=8", "lr=1"]
+    args = cli.parse_args(parser, ["scale", "--config", "c.yaml", "--out", "o", "a=1", "--only", "s", "b=2"])
+    assert args.overrides == ["a=1", "b=2"]
+    with pytest.raises(SystemExit):  # a stray word that is no override is still an error
+        cli.parse_args(parser, ["ablate", "quantizer", "--config", "c.yaml", "a=1", "--bogus"])
+    with pytest.raises(SystemExit):  # a command without overrides takes none
+        cli.parse_args(parser, ["data", "shapes", "--out", "x", "a=1"])

@@ -76,7 +76,7 @@ def test_each_config_loads_with_its_stage_class_and_documents_its_launch(name):
     text = (PAPER / f"{name}.yaml").read_text()
     header = text[: text.index("\noutput_dir:")]
     assert all(line.startswith("#") for line in header.splitlines())
-    for launcher in ("deepspeed --no_local_rank --num_gpus 8", "torchrun --nproc_per_node 8",
+    for launcher in ("deepspeed --no_local_rank --num_gpus 8", "torchrun --standalone --nproc_per_node 8",
                      "torchrun --nnodes 4 --node_rank $RANK --master_addr $ADDR"):
         assert launcher in header, (name, launcher)
     assert f"$(which vqrae) train {name} --config paper/{name}" in header

@@ -97,7 +97,7 @@ class ScalingConfig:
     flops: float = 0.0  # budget compute: FLOPs per run
     min_steps: int = 10
     processes: int = 1  # processes the launcher starts (global batch = batch_size x grad_accum x processes)
-    launcher: str = ""  # e.g. "torchrun --nproc_per_node 8"; "" = one plain process
+    launcher: str = ""  # e.g. "torchrun --standalone --nproc_per_node 8"; "" = one plain process
     profile_samples: int = 256  # records whose lengths give the tokens per sample
     params_key: Literal["params_non_embedding", "params_total"] = "params_non_embedding"  # N of the law
     bootstrap: int = 1000
