@@ -7,11 +7,19 @@ the reconstructions against the originals'. A nearest-code tokenizer with that g
 the pixel-optimal patches would score about this, whatever its decoder; so when a tokenizer falls short of the goal
 here, its patch or its K must change, not its training. Issue 11 found it this way: 8-px patches keep 62% of the
 ShapesWorld shapes at K=512, 4-px patches 96%.
+
+Given a tokenizer (`tokenizer_rows`), three more rows at its own patch and K say where it loses what its patches
+could keep: its codes through its decoder (what `vqrae eval reconstruction` measures); its codes through a *code
+table*, each code drawn as the mean training patch it stands for (no decoder, no context: a table is the best a
+per-token decoder can do with these codes, so decoder ~ table means the codes are the limit, not the decoder); and a
+small MLP trained to draw each token's own patch from its continuous feature (what the encoder's features keep: the
+ceiling of any quantizer on them, and of the understanding path).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -72,17 +80,43 @@ def _pixels(dataset: Dataset, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def patch_ceiling(train: Dataset, test: Dataset, patches: list[int], codebook_sizes: list[int], iters: int = 15,
-                  seed: int = 0, batch_size: int = 50, grid_dir: str | Path | None = None,
-                  progress: bool = True) -> list[dict]:
-    """One row per (patch, K): PSNR, SSIM, codebook perplexity and the ShapesWorld fidelity figures."""
+def _measure(test_batches: list, reconstruct, codebook_size: int, desc: str, grid_path: Path | None,
+             progress: bool) -> dict:
+    """`reconstruct(pixels) -> (images, codes or None)` over the test batches: PSNR, SSIM, perplexity, fidelity."""
     from tqdm.auto import tqdm
-
-    from vqrae.data.readers import collate
 
     from .fidelity import ObjectFidelity, RecordLookup
     from .metrics import psnr
     from .reconstruction import _measure_fidelity, save_grid, ssim
+
+    objects, lookup, used = ObjectFidelity(), RecordLookup(), torch.zeros(codebook_size)
+    psnrs, ssims, first = [], [], None
+    for batch in tqdm(test_batches, desc=desc, disable=not progress):
+        pixels = batch["pixels"]
+        recon, codes = reconstruct(pixels)
+        recon = recon.clamp(0, 1)
+        if codes is not None:
+            used += torch.bincount(codes.reshape(-1), minlength=codebook_size)
+        psnrs.append(psnr(pixels, recon))
+        ssims.append(ssim(pixels, recon))
+        records = batch.get("record") or [lookup(n) if isinstance(n, str) else None for n in batch["name"]]
+        _measure_fidelity(objects, None, pixels, recon, pixels, None, records)
+        first = first or (pixels, recon)
+    if grid_path is not None:
+        save_grid(*first, grid_path)
+    finite = torch.cat(psnrs)[torch.isfinite(torch.cat(psnrs))]
+    p = used / used.sum().clamp_min(1)
+    return {"images": int(sum(len(x) for x in psnrs)), "psnr": float(finite.mean()),
+            "ssim": float(torch.cat(ssims).mean()),
+            "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())) if used.sum() else None,
+            **objects.result()}
+
+
+def patch_ceiling(train: Dataset, test: Dataset, patches: list[int], codebook_sizes: list[int], iters: int = 15,
+                  seed: int = 0, batch_size: int = 50, grid_dir: str | Path | None = None,
+                  progress: bool = True) -> list[dict]:
+    """One row per (patch, K): PSNR, SSIM, codebook perplexity and the ShapesWorld fidelity figures."""
+    from vqrae.data.readers import collate
 
     train_pixels = _pixels(train, batch_size)
     test_batches = list(DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate))  # read once
@@ -92,27 +126,87 @@ def patch_ceiling(train: Dataset, test: Dataset, patches: list[int], codebook_si
     for patch in patches:
         for k in codebook_sizes:
             centroids = fit_patch_codebook(train_pixels, patch, k, iters, seed)
-            objects, lookup, used = ObjectFidelity(), RecordLookup(), torch.zeros(k)
-            psnrs, ssims, first = [], [], None
-            for batch in tqdm(test_batches, desc=f"patch {patch}, K={k}", disable=not progress):
-                pixels = batch["pixels"]
-                recon, codes = quantize_patches(pixels, centroids, patch)
-                recon = recon.clamp(0, 1)
-                used += torch.bincount(codes, minlength=k)
-                psnrs.append(psnr(pixels, recon))
-                ssims.append(ssim(pixels, recon))
-                records = batch.get("record") or [lookup(n) if isinstance(n, str) else None for n in batch["name"]]
-                _measure_fidelity(objects, None, pixels, recon, pixels, None, records)
-                first = first or (pixels, recon)
-            p = used / used.sum()
-            finite = torch.cat(psnrs)[torch.isfinite(torch.cat(psnrs))]
-            row = {"patch": patch, "codebook_size": k, "tokens": int(pixels.shape[-2] // patch) ** 2,
-                   "images": int(sum(len(x) for x in psnrs)), "psnr": float(finite.mean()),
-                   "ssim": float(torch.cat(ssims).mean()),
-                   "perplexity": float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())), **objects.result()}
-            if grid_dir is not None:
-                save_grid(*first, Path(grid_dir) / f"patch{patch}_k{k}.png")
+            grid = Path(grid_dir) / f"patch{patch}_k{k}.png" if grid_dir is not None else None
+            row = {"source": "pixel k-means", "patch": patch, "codebook_size": k,
+                   "tokens": (test_batches[0]["pixels"].shape[-2] // patch) ** 2,
+                   **_measure(test_batches, lambda x, c=centroids, p=patch: quantize_patches(x, c, p), k,
+                              f"patch {patch}, K={k}", grid, progress)}
             logger.info("patch %d, K=%d: PSNR %.2f, shape accuracy %s", patch, k, row["psnr"],
                         row.get("shape_accuracy"))
             rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def _tokens(vq, pixels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuous features (N * h * w, d) and codes (N * h * w,) of images (N, 3, H, W), tokens in raster order."""
+    feats, codes = [], []
+    for i in range(0, len(pixels), batch_size):
+        f = vq.encode(pixels[i:i + batch_size].to(vq.device))
+        feats.append(f.reshape(-1, f.shape[-1]).float().cpu())
+        codes.append(vq.quantizer.lookup(f).reshape(-1).cpu())
+    return torch.cat(feats), torch.cat(codes)
+
+
+def tokenizer_rows(vq, train: Dataset, test: Dataset, probe_steps: int = 2000, seed: int = 0, batch_size: int = 50,
+                   grid_dir: str | Path | None = None, name: str = "tokenizer", progress: bool = True) -> list[dict]:
+    """The tokenizer's decoder, code-table and feature-MLP rows (see the module docstring) at its patch and K."""
+    from torch import nn
+    from tqdm.auto import tqdm
+
+    from vqrae.data.readers import collate
+
+    vq = vq.eval()
+    patch, k = vq.patch_size, vq.config.codebook_size
+    train_pixels = _pixels(train, batch_size)
+    test_batches = list(DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate))
+    if not test_batches:
+        raise ValueError("the test data set holds no image")
+    side = test_batches[0]["pixels"].shape[-1]
+    if side != vq.config.image_size or train_pixels.shape[-1] != side:
+        raise ValueError(f"{name} takes {vq.config.image_size}-px images, the data is {side} px (--size)")
+    feats, codes = _tokens(vq, train_pixels, batch_size)
+    targets = patchify(train_pixels, patch)
+    table = torch.zeros(k, targets.shape[1]).index_add_(0, codes, targets)
+    table /= torch.bincount(codes, minlength=k).clamp_min(1)[:, None].float()
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mlp = nn.Sequential(nn.Linear(feats.shape[1], 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
+                        nn.Linear(512, targets.shape[1]))
+    opt = torch.optim.AdamW(mlp.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(probe_steps, 1))))
+    for _ in tqdm(range(probe_steps), desc=f"{name}: feature MLP", disable=not progress):
+        idx = torch.randint(len(feats), (4096,), generator=g)
+        loss = torch.nn.functional.mse_loss(mlp(feats[idx]), targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    mlp.eval()
+    final_loss = float(loss.detach()) if probe_steps > 0 else float('nan')
+
+    def by_decoder(x):
+        c = vq.quantizer.lookup(vq.encode(x.to(vq.device)))
+        return vq.decode(c).float().cpu(), c.cpu()
+
+    def by_table(x):
+        _, c = _tokens(vq, x, len(x))
+        return unpatchify(table[c], len(x), x.shape[-2], x.shape[-1], patch), c
+
+    @torch.no_grad()
+    def by_mlp(x):
+        f, _ = _tokens(vq, x, len(x))
+        return unpatchify(mlp(f), len(x), x.shape[-2], x.shape[-1], patch), None
+
+    rows = []
+    for source, fn in (("decoder", by_decoder), ("code table", by_table), ("feature MLP", by_mlp)):
+        grid = Path(grid_dir) / f"{name}-{source.replace(' ', '-')}.png" if grid_dir is not None else None
+        with torch.no_grad():
+            row = {"source": f"{name}: {source}", "patch": patch, "codebook_size": k,
+                   "tokens": (side // patch) ** 2, **_measure(test_batches, fn, k, f"{name}: {source}", grid,
+                                                                progress)}
+        if source == "feature MLP":
+            row["probe_steps"], row["probe_loss"] = probe_steps, final_loss
+        rows.append(row)
     return rows

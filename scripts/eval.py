@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--train-num", type=int, default=3000, help="training images (default 3000)")
     c.add_argument("--iters", type=int, default=15, help="Lloyd iterations (default 15)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--tokenizer", help="also a tokenizer folder at its own patch and K: its codes through its decoder, "
+                   "through a code table (each code as the mean patch it stands for) and its features through a "
+                   "per-token MLP, to see whether its encoder, its codes or its decoder lose what the patches keep")
+    c.add_argument("--probe-steps", type=int, default=2000, help="training steps of the feature MLP (default 2000)")
     c.add_argument("--out", default="runs/eval/patch-ceiling", help="output folder (default runs/eval/patch-ceiling)")
     c.set_defaults(func=run_patch_ceiling)
     register_geneval(suites)
@@ -133,17 +137,31 @@ def run_patch_ceiling(args: argparse.Namespace) -> int:
         return Subset(ds, range(min(num, len(ds))))
 
     out = Path(args.out)
-    rows = patch_ceiling(data(args.train_data, args.train_num, "train"), data(args.data, args.num, "test"), patches,
-                         sizes, iters=args.iters, seed=args.seed, grid_dir=out)
+    if args.probe_steps < 0:
+        raise CLIError("--probe-steps must be >= 0")
+    vq = None
+    if args.tokenizer:
+        from vqrae.tokenizer import load_vqrae
+
+        vq = load_vqrae(args.tokenizer)
+    train, test = data(args.train_data, args.train_num, "train"), data(args.data, args.num, "test")
+    rows = patch_ceiling(train, test, patches, sizes, iters=args.iters, seed=args.seed, grid_dir=out)
+    if vq is not None:
+        from vqrae.eval.patch_ceiling import tokenizer_rows
+
+        rows += tokenizer_rows(vq, train, test, args.probe_steps, args.seed, grid_dir=out,
+                               name=Path(args.tokenizer).name if Path(args.tokenizer).name != "final" else
+                               Path(args.tokenizer).parent.name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"{'patch':>5} {'K':>6} {'tokens':>6} {'PSNR':>6} {'SSIM':>6} {'perplexity':>10} {'shape':>6} {'colour':>6} "
+    print(f"{'source':<34} {'patch':>5} {'K':>6} {'tokens':>6} {'PSNR':>6} {'SSIM':>6} {'perplexity':>10} {'shape':>6} {'colour':>6} "
           f"{'box':>6} {'GenEval rec/orig':>16}")
     for r in rows:
         fid = (f"{r['shape_accuracy']:>6.1%} {r['colour_accuracy']:>6.1%} {r['box_accuracy']:>6.1%} "
                f"{r['geneval']:>7.3f}/{r['geneval_originals']:.3f}") if "shape_accuracy" in r else "  (no ShapesWorld records)"
-        print(f"{r['patch']:>5} {r['codebook_size']:>6} {r['tokens']:>6} {r['psnr']:>6.2f} {r['ssim']:>6.3f} "
-              f"{r['perplexity']:>10.1f} {fid}")
+        ppl = f"{r['perplexity']:>10.1f}" if r["perplexity"] is not None else f"{'-':>10}"
+        print(f"{r['source'][:34]:<34} {r['patch']:>5} {r['codebook_size']:>6} {r['tokens']:>6} {r['psnr']:>6.2f} "
+              f"{r['ssim']:>6.3f} {ppl} {fid}")
     print(f"wrote {out / 'summary.json'} and a grid per row in {out}")
     return 0
 

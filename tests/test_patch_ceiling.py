@@ -42,3 +42,31 @@ def test_cli_small_patches_keep_shapes_large_ones_do_not(tmp_path, capsys):
     assert (out / "patch4_k64.png").is_file() and "GenEval rec/orig" in capsys.readouterr().out
     assert main([*args[:6], "--patch", "5", "--out", str(out)]) == 2
     assert "does not divide the image size 64" in capsys.readouterr().err
+
+
+def test_tokenizer_rows_say_where_shapes_are_lost(tmp_path, capsys):
+    """A random tiny tokenizer (32 px, patch 8, K=64): its features carry its patches (a per-token MLP draws them
+    far better than the mean patch), a code table of its own training codes beats its untrained decoder, and the
+    CLI prints and saves the three rows next to the pixel K-means ones."""
+    from vqrae.tokenizer import VQRAE
+    from vqrae.tokenizer.testing import tiny_vqrae_config
+
+    torch.manual_seed(0)
+    VQRAE(tiny_vqrae_config()).save_pretrained(tmp_path / "tok")
+    out = tmp_path / "pc"
+    args = ["eval", "patch-ceiling", "--data", "shapes", "--train-data", "shapes", "--size", "32", "--patch", "8",
+            "--codebook-size", "1,64", "--num", "16", "--train-num", "120", "--tokenizer", str(tmp_path / "tok"),
+            "--probe-steps", "150", "--out", str(out)]
+    assert main(args) == 0
+    rows = {r["source"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert set(rows) == {"pixel k-means", "tok: decoder", "tok: code table", "tok: feature MLP"}
+    text = capsys.readouterr().out
+    assert "tok: code table" in text and "tok: feature MLP" in text
+    summary = json.loads((out / "summary.json").read_text())
+    mean_patch = next(r for r in summary if r["source"] == "pixel k-means" and r["codebook_size"] == 1)
+    assert rows["tok: feature MLP"]["psnr"] > mean_patch["psnr"] + 1.0
+    assert rows["tok: code table"]["psnr"] > rows["tok: decoder"]["psnr"] + 1.0
+    assert rows["tok: feature MLP"]["perplexity"] is None and rows["tok: code table"]["perplexity"] > 1
+    assert (out / "tok-code-table.png").is_file()
+    assert main([*args[:-4], "--size", "64", "--out", str(out)]) == 2  # a 32-px tokenizer on 64-px images
+    assert "takes 32-px images" in capsys.readouterr().err
