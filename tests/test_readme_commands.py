@@ -117,6 +117,9 @@ TOY: dict[str, list[str]] = {
     "vqrae scale --config paper/scaling --plan": [],
     "vqrae eval reconstruction": ["--num", "8"],
     "vqrae eval patch-ceiling": ["--num", "8", "--train-num", "20", "--codebook-size", "16", "--iters", "3"],
+    "vqrae eval patch-ceiling --data runs/quickstart/shapes64/test --train-data runs/quickstart/shapes64/train "
+    "--patch 8 --tokenizer": ["--num", "8", "--train-num", "20", "--codebook-size", "16", "--iters", "3",
+                              "--probe-steps", "5", "--out", "runs/eval/patch-ceiling-tokenizer"],
     "vqrae eval geneval --model": ["--limit", "2", "--num-images", "1"],
     "vqrae eval geneval --images": [],
     "vqrae eval geneval --reconstruct": ["--limit", "2", "--num-images", "1"],
@@ -163,6 +166,9 @@ EXPECT: dict[str, list[str]] = {
     "vqrae scale --config shapes-tiny/scaling": ["runs/shapes-tiny/scaling/scaling.json"],
     "vqrae eval reconstruction": ["runs/eval/reconstruction/summary.json"],
     "vqrae eval patch-ceiling": ["runs/eval/patch-ceiling/summary.json", "runs/eval/patch-ceiling/patch4_k16.png"],
+    "vqrae eval patch-ceiling --data runs/quickstart/shapes64/test --train-data runs/quickstart/shapes64/train "
+    "--patch 8 --tokenizer": ["runs/eval/patch-ceiling-tokenizer/tokenizer-stage2-code-table.png",
+                              "runs/eval/patch-ceiling-tokenizer/tokenizer-stage2-feature-MLP.png"],
     "vqrae eval geneval --model": ["runs/eval/geneval/summary.json"],
     "vqrae eval geneval --images": ["runs/eval/geneval/results.jsonl"],
     "vqrae eval geneval --reconstruct": ["runs/eval/ceiling/ceiling.json"],
