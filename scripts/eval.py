@@ -250,9 +250,10 @@ def run_geneval(args: argparse.Namespace) -> int:
         vq = load_vqrae(args.reconstruct, args.device or "cpu")
         c = tokenizer_ceiling(vq, records, out, args.num_images, args.seed, args.batch_size)
         for tag, v in c["tags"].items():
-            print(f"{tag:>16}: renders {v['renders']:.4f}  reconstructions {v['reconstructions']:.4f}")
-        print(f"{'overall':>16}: renders {c['renders']:.4f}  reconstructions {c['reconstructions']:.4f}"
-              + (f"  (kept {c['kept']:.1%})" if c["kept"] is not None else ""))
+            print(f"{tag:>16}: renders {v['renders']:.4f}  reconstructions {v['reconstructions']:.4f}  "
+                  f"unigram noise {v['noise']:.4f}")
+        print(f"{'overall':>16}: renders {c['renders']:.4f}  reconstructions {c['reconstructions']:.4f}  "
+              f"unigram noise {c['noise']:.4f}" + (f"  (kept {c['kept']:.1%})" if c["kept"] is not None else ""))
         print(f"wrote {out / 'ceiling.json'}, {out / 'ceiling.md'} and per-folder results under {out}")
         return 0
     from vqrae.cli.generate import load_model

@@ -87,6 +87,10 @@ def test_score_only_and_ceiling(assets, capsys):
     assert "reconstructions" in capsys.readouterr().out
     ceiling = json.loads((root / "ceiling" / "ceiling.json").read_text())
     assert ceiling["renders"] >= 0.99 and 0 <= ceiling["reconstructions"] <= 1
+    # the floor: unigram code noise through the same decoder, scored the same way, far below the renders
+    assert 0 <= ceiling["noise"] < 0.5 and all("noise" in v for v in ceiling["tags"].values())
+    assert (root / "ceiling" / "noise" / "00005" / "samples" / "0001.png").is_file()
+    assert "unigram noise" in (root / "ceiling" / "ceiling.md").read_text()
     assert (root / "ceiling" / "reconstructions" / "00005" / "samples" / "0001.png").is_file()
 
 
