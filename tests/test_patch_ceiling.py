@@ -55,8 +55,8 @@ def test_tokenizer_rows_say_where_shapes_are_lost(tmp_path, capsys):
     VQRAE(tiny_vqrae_config()).save_pretrained(tmp_path / "tok")
     out = tmp_path / "pc"
     args = ["eval", "patch-ceiling", "--data", "shapes", "--train-data", "shapes", "--size", "32", "--patch", "8",
-            "--codebook-size", "1,64", "--num", "16", "--train-num", "120", "--tokenizer", str(tmp_path / "tok"),
-            "--probe-steps", "150", "--out", str(out)]
+            "--codebook-size", "1,64", "--num", "12", "--train-num", "60", "--tokenizer", str(tmp_path / "tok"),
+            "--probe-steps", "100", "--out", str(out)]
     assert main(args) == 0
     rows = {r["source"]: r for r in json.loads((out / "summary.json").read_text())}
     assert set(rows) == {"pixel k-means", "tok: decoder", "tok: code table", "tok: feature MLP"}
