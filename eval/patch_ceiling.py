@@ -167,13 +167,15 @@ def tokenizer_rows(vq, train: Dataset, test: Dataset, probe_steps: int = 2000, s
         raise ValueError(f"{name} takes {vq.config.image_size}-px images, the data is {side} px (--size)")
     feats, codes = _tokens(vq, train_pixels, batch_size)
     targets = patchify(train_pixels, patch)
-    table = torch.zeros(k, targets.shape[1]).index_add_(0, codes, targets)
-    table /= torch.bincount(codes, minlength=k).clamp_min(1)[:, None].float()
+    counts = torch.bincount(codes, minlength=k)[:, None].float()
+    table = torch.zeros(k, targets.shape[1]).index_add_(0, codes, targets) / counts.clamp_min(1)
+    table[counts[:, 0] == 0] = targets.mean(0)  # a code no training patch used: the mean patch, not black
 
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    mlp = nn.Sequential(nn.Linear(feats.shape[1], 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
-                        nn.Linear(512, targets.shape[1]))
+    with torch.random.fork_rng(devices=[]):  # seeded MLP weights without touching the caller's global RNG
+        torch.manual_seed(seed)
+        mlp = nn.Sequential(nn.Linear(feats.shape[1], 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
+                            nn.Linear(512, targets.shape[1]))
     opt = torch.optim.AdamW(mlp.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(probe_steps, 1))))
     for _ in tqdm(range(probe_steps), desc=f"{name}: feature MLP", disable=not progress):
