@@ -82,7 +82,8 @@ def _pixels(dataset: Dataset, batch_size: int) -> torch.Tensor:
 
 def _measure(test_batches: list, reconstruct, codebook_size: int, desc: str, grid_path: Path | None,
              progress: bool) -> dict:
-    """`reconstruct(pixels) -> (images, codes or None)` over the test batches: PSNR, SSIM, perplexity, fidelity."""
+    """`reconstruct(i, pixels) -> (images, codes or None)` over the test batches (i: the batch's index): PSNR, SSIM,
+    perplexity, fidelity."""
     from tqdm.auto import tqdm
 
     from .fidelity import ObjectFidelity, RecordLookup
@@ -91,9 +92,9 @@ def _measure(test_batches: list, reconstruct, codebook_size: int, desc: str, gri
 
     objects, lookup, used = ObjectFidelity(), RecordLookup(), torch.zeros(codebook_size)
     psnrs, ssims, first = [], [], None
-    for batch in tqdm(test_batches, desc=desc, disable=not progress):
+    for i, batch in enumerate(tqdm(test_batches, desc=desc, disable=not progress)):
         pixels = batch["pixels"]
-        recon, codes = reconstruct(pixels)
+        recon, codes = reconstruct(i, pixels)
         recon = recon.clamp(0, 1)
         if codes is not None:
             used += torch.bincount(codes.reshape(-1), minlength=codebook_size)
@@ -112,16 +113,21 @@ def _measure(test_batches: list, reconstruct, codebook_size: int, desc: str, gri
             **objects.result()}
 
 
-def patch_ceiling(train: Dataset, test: Dataset, patches: list[int], codebook_sizes: list[int], iters: int = 15,
-                  seed: int = 0, batch_size: int = 50, grid_dir: str | Path | None = None,
-                  progress: bool = True) -> list[dict]:
-    """One row per (patch, K): PSNR, SSIM, codebook perplexity and the ShapesWorld fidelity figures."""
+def read_images(train: Dataset, test: Dataset, batch_size: int = 50) -> tuple[torch.Tensor, list[dict]]:
+    """The training images as one tensor and the test set as collated batches, read once for every row."""
     from vqrae.data.readers import collate
 
     train_pixels = _pixels(train, batch_size)
-    test_batches = list(DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate))  # read once
+    test_batches = list(DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate))
     if not test_batches:
         raise ValueError("the test data set holds no image")
+    return train_pixels, test_batches
+
+
+def patch_ceiling(train_pixels: torch.Tensor, test_batches: list[dict], patches: list[int],
+                  codebook_sizes: list[int], iters: int = 15, seed: int = 0, grid_dir: str | Path | None = None,
+                  progress: bool = True) -> list[dict]:
+    """One row per (patch, K) (data from `read_images`): PSNR, SSIM, codebook perplexity, ShapesWorld fidelity."""
     rows = []
     for patch in patches:
         for k in codebook_sizes:
@@ -129,7 +135,7 @@ def patch_ceiling(train: Dataset, test: Dataset, patches: list[int], codebook_si
             grid = Path(grid_dir) / f"patch{patch}_k{k}.png" if grid_dir is not None else None
             row = {"source": "pixel k-means", "patch": patch, "codebook_size": k,
                    "tokens": (test_batches[0]["pixels"].shape[-2] // patch) ** 2,
-                   **_measure(test_batches, lambda x, c=centroids, p=patch: quantize_patches(x, c, p), k,
+                   **_measure(test_batches, lambda _, x, c=centroids, p=patch: quantize_patches(x, c, p), k,
                               f"patch {patch}, K={k}", grid, progress)}
             logger.info("patch %d, K=%d: PSNR %.2f, shape accuracy %s", patch, k, row["psnr"],
                         row.get("shape_accuracy"))
@@ -148,20 +154,16 @@ def _tokens(vq, pixels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, to
     return torch.cat(feats), torch.cat(codes)
 
 
-def tokenizer_rows(vq, train: Dataset, test: Dataset, probe_steps: int = 2000, seed: int = 0, batch_size: int = 50,
-                   grid_dir: str | Path | None = None, name: str = "tokenizer", progress: bool = True) -> list[dict]:
-    """The tokenizer's decoder, code-table and feature-MLP rows (see the module docstring) at its patch and K."""
+def tokenizer_rows(vq, train_pixels: torch.Tensor, test_batches: list[dict], probe_steps: int = 2000, seed: int = 0,
+                   batch_size: int = 50, grid_dir: str | Path | None = None, name: str = "tokenizer",
+                   progress: bool = True) -> list[dict]:
+    """The tokenizer's decoder, code-table and feature-MLP rows (see the module docstring) at its patch and K, on
+    data from `read_images`."""
     from torch import nn
     from tqdm.auto import tqdm
 
-    from vqrae.data.readers import collate
-
     vq = vq.eval()
     patch, k = vq.patch_size, vq.config.codebook_size
-    train_pixels = _pixels(train, batch_size)
-    test_batches = list(DataLoader(test, batch_size=batch_size, shuffle=False, collate_fn=collate))
-    if not test_batches:
-        raise ValueError("the test data set holds no image")
     side = test_batches[0]["pixels"].shape[-1]
     if side != vq.config.image_size or train_pixels.shape[-1] != side:
         raise ValueError(f"{name} takes {vq.config.image_size}-px images, the data is {side} px (--size)")
@@ -188,18 +190,18 @@ def tokenizer_rows(vq, train: Dataset, test: Dataset, probe_steps: int = 2000, s
     mlp.eval()
     final_loss = float(loss.detach()) if probe_steps > 0 else float('nan')
 
-    def by_decoder(x):
-        c = vq.quantizer.lookup(vq.encode(x.to(vq.device)))
-        return vq.decode(c).float().cpu(), c.cpu()
+    test_tokens = [_tokens(vq, b["pixels"], batch_size) for b in test_batches]  # encoded once for the three rows
 
-    def by_table(x):
-        _, c = _tokens(vq, x, len(x))
+    def by_decoder(i, x):
+        c = test_tokens[i][1]
+        return vq.decode(c.view(len(x), -1).to(vq.device)).float().cpu(), c
+
+    def by_table(i, x):
+        c = test_tokens[i][1]
         return unpatchify(table[c], len(x), x.shape[-2], x.shape[-1], patch), c
 
-    @torch.no_grad()
-    def by_mlp(x):
-        f, _ = _tokens(vq, x, len(x))
-        return unpatchify(mlp(f), len(x), x.shape[-2], x.shape[-1], patch), None
+    def by_mlp(i, x):
+        return unpatchify(mlp(test_tokens[i][0]), len(x), x.shape[-2], x.shape[-1], patch), None
 
     rows = []
     for source, fn in (("decoder", by_decoder), ("code table", by_table), ("feature MLP", by_mlp)):

@@ -122,7 +122,7 @@ def run_patch_ceiling(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
     from vqrae.cli import CLIError
-    from vqrae.eval.patch_ceiling import patch_ceiling
+    from vqrae.eval.patch_ceiling import patch_ceiling, read_images, tokenizer_rows
     from vqrae.train.stages.common import image_text_dataset
 
     patches, sizes = _int_list(args.patch, "--patch"), _int_list(args.codebook_size, "--codebook-size")
@@ -144,12 +144,11 @@ def run_patch_ceiling(args: argparse.Namespace) -> int:
         from vqrae.tokenizer import load_vqrae
 
         vq = load_vqrae(args.tokenizer)
-    train, test = data(args.train_data, args.train_num, "train"), data(args.data, args.num, "test")
-    rows = patch_ceiling(train, test, patches, sizes, iters=args.iters, seed=args.seed, grid_dir=out)
+    train_pixels, test_batches = read_images(data(args.train_data, args.train_num, "train"),
+                                             data(args.data, args.num, "test"))
+    rows = patch_ceiling(train_pixels, test_batches, patches, sizes, iters=args.iters, seed=args.seed, grid_dir=out)
     if vq is not None:
-        from vqrae.eval.patch_ceiling import tokenizer_rows
-
-        rows += tokenizer_rows(vq, train, test, args.probe_steps, args.seed, grid_dir=out,
+        rows += tokenizer_rows(vq, train_pixels, test_batches, args.probe_steps, args.seed, grid_dir=out,
                                name=Path(args.tokenizer).name if Path(args.tokenizer).name != "final" else
                                Path(args.tokenizer).parent.name)
     out.mkdir(parents=True, exist_ok=True)

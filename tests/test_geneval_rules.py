@@ -148,3 +148,15 @@ def test_data_geneval_check_still_works():
     objs = [{"class": "star", "color": "red", "box": [0, 0, 10, 10]}] * 2
     assert geneval_check(TWO_STARS, objs) == (True, "")
     assert geneval_check(TWO_STARS, objs * 2) == (False, "expected star<3, found 4")
+
+
+def test_a_rewritten_prompt_folder_holds_only_its_last_images(tmp_path):
+    """A rerun with fewer images per prompt used to leave the earlier samples, which the scorer then counted."""
+    from vqrae.eval.geneval.layout import write_prompt_folder
+
+    record = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+    img = Image.new("RGB", (8, 8))
+    write_prompt_folder(tmp_path / "00000", record, [img, img, img])
+    (tmp_path / "00000" / "samples" / "grid.png").write_bytes(b"kept")  # not a sample: left alone
+    write_prompt_folder(tmp_path / "00000", record, [img])
+    assert sorted(p.name for p in (tmp_path / "00000" / "samples").iterdir()) == ["0000.png", "grid.png"]

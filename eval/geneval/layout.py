@@ -37,10 +37,14 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_prompt_folder(folder: Path, record: dict, images: Sequence[Image.Image]) -> None:
-    """samples/0000.png ... then metadata.jsonl (each file atomically)."""
+    """samples/0000.png ... then metadata.jsonl (each file atomically). Samples of an earlier, larger write are
+    removed: a folder holds exactly the images of its last write (a scorer reads every sample it finds)."""
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
         _atomic_write(folder / "samples" / f"{i:04d}.png", lambda p, im=image: im.save(p, format="PNG"))
+    for stale in (folder / "samples").glob("*.png"):
+        if stale.stem.isdigit() and int(stale.stem) >= len(images):
+            stale.unlink()
     _atomic_write(folder / "metadata.jsonl", lambda p: p.write_text(json.dumps(record) + "\n", encoding="utf-8"))
 
 

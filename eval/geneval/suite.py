@@ -126,8 +126,9 @@ def render_reference_folder(records: Sequence[dict], out: str | Path, size: int,
     return out
 
 
-def reconstruct_folder(vq, src: str | Path, dst: str | Path, batch_size: int = 16) -> Path:
-    """Every image of a GenEval folder through the tokenizer (image -> codes -> image), same layout."""
+def reconstruct_folder(vq, src: str | Path, dst: str | Path, batch_size: int = 16, code_counts=None) -> Path:
+    """Every image of a GenEval folder through the tokenizer (image -> codes -> image), same layout; the codes' counts
+    are added to `code_counts` (a K-long tensor) when one is given."""
     import torch
 
     from vqrae.data.images import image_to_tensor, tensor_to_pil
@@ -139,35 +140,32 @@ def reconstruct_folder(vq, src: str | Path, dst: str | Path, batch_size: int = 1
         for start in range(0, len(samples), batch_size):
             pixels = torch.stack([image_to_tensor(load_image(p), vq.image_size) for p in samples[start:start + batch_size]])
             with torch.no_grad():
-                recon = vq.decode(vq.tokenize(pixels.to(device)))
+                codes = vq.tokenize(pixels.to(device))
+                recon = vq.decode(codes)
+            if code_counts is not None:
+                code_counts += torch.bincount(codes.reshape(-1).cpu(), minlength=len(code_counts)).to(code_counts)
             images += [tensor_to_pil(r) for r in recon]
         write_prompt_folder(Path(dst) / name, record, images)
     return Path(dst)
 
 
-def unigram_noise_folder(vq, src: str | Path, dst: str | Path, seed: int = 0, batch_size: int = 16) -> Path:
-    """For every image of a GenEval folder, an image decoded from codes drawn independently from the frequencies of
-    the folder's own codes (same layout): what a generator scores that learned only which codes are common, the
-    floor under any text-to-image score on this tokenizer (the detector accepts some noise)."""
+def unigram_noise_folder(vq, src: str | Path, dst: str | Path, code_counts, seed: int = 0) -> Path:
+    """For every image of a GenEval folder, an image decoded from codes drawn independently from `code_counts` (the
+    folder's own code frequencies, from `reconstruct_folder`), same layout: what a generator scores that learned
+    only which codes are common, the floor under any text-to-image score on this tokenizer (the detector accepts
+    some noise)."""
     import torch
 
-    from vqrae.data.images import image_to_tensor, tensor_to_pil
+    from vqrae.data.images import tensor_to_pil
 
     prompts, _ = read_image_folder(src)
     device = next(vq.parameters()).device
-    counts, grid = torch.zeros(vq.config.codebook_size, dtype=torch.float64), None
-    for _, _, samples in prompts:
-        for start in range(0, len(samples), batch_size):
-            pixels = torch.stack([image_to_tensor(load_image(p), vq.image_size) for p in samples[start:start + batch_size]])
-            with torch.no_grad():
-                codes = vq.tokenize(pixels.to(device)).cpu()
-            grid = codes.shape[1:]
-            counts += torch.bincount(codes.reshape(-1), minlength=counts.numel()).double()
     g = torch.Generator().manual_seed(seed)
+    tokens = vq.grid_size[0] * vq.grid_size[1]
     for name, record, samples in prompts:
-        codes = torch.multinomial(counts, len(samples) * grid.numel(), replacement=True, generator=g)
+        codes = torch.multinomial(code_counts.double(), len(samples) * tokens, replacement=True, generator=g)
         with torch.no_grad():
-            images = vq.decode(codes.view(len(samples), *grid).to(device))
+            images = vq.decode(codes.view(len(samples), *vq.grid_size).to(device))
         write_prompt_folder(Path(dst) / name, record, [tensor_to_pil(r) for r in images])
     return Path(dst)
 
@@ -177,15 +175,22 @@ def tokenizer_ceiling(vq, records: Sequence[dict], out: str | Path, num_images: 
     """Score ShapesWorld renders of the prompts (OUT/renders) and the tokenizer's reconstructions of them
     (OUT/reconstructions) with the ShapesWorld detector: how much of the score the tokenizer alone keeps; and the
     floor, images of unigram code noise (OUT/noise, `unigram_noise_folder`)."""
+    import torch
+
     from vqrae.data.shapes import SHAPES
 
     if not is_shapes_prompt_set(records):
         raise ValueError(f"--reconstruct needs ShapesWorld prompts (classes {', '.join(SHAPES)}); write them with "
                          "`vqrae data prompts`")
+    import shutil
+
     out = Path(out)
+    for sub in ("renders", "reconstructions", "noise"):  # derived from scratch: prompts of an earlier run must go
+        shutil.rmtree(out / sub, ignore_errors=True)
     renders = render_reference_folder(records, out / "renders", vq.image_size, num_images, seed)
-    recons = reconstruct_folder(vq, renders, out / "reconstructions", batch_size)
-    noise = unigram_noise_folder(vq, renders, out / "noise", seed, batch_size)
+    counts = torch.zeros(vq.config.codebook_size, dtype=torch.float64)
+    recons = reconstruct_folder(vq, renders, out / "reconstructions", batch_size, counts)
+    noise = unigram_noise_folder(vq, renders, out / "noise", counts, seed)
     detector, colors, _ = make_plugins("shapes", records)
     ref = score_folder(renders, detector, colors, progress=progress, title="ShapesWorld renders")
     rec = score_folder(recons, detector, colors, progress=progress, title="tokenizer reconstructions")
