@@ -92,6 +92,31 @@ def test_stage2_trains_the_encoder_near_its_teacher(stage1_dir, tmp_path):
     assert records[0]["distill"] == 0 and records[-1]["distill"] > 0  # T starts as an exact copy, then they part
 
 
+def test_patch_kmeans_stages_train_the_head_and_keep_the_codebook(encoder_dir, tmp_path):
+    """`model.quantizer=patch-kmeans`: stage 1 seeds and updates the codebook and trains the pixel head (its loss
+    falls); stage 2 loads it back, trains the encoder and keeps moving the codes with it."""
+    from vqrae.tokenizer import VQRAE
+
+    s1, losses, evals = run_stage(
+        "tokenizer-stage1", tmp_path / "s1", f"encoder={encoder_dir}", "model.quantizer=patch-kmeans",
+        "model.codebook_size=32", "model.quantizer_head_dim=32", "batch_size=8", "max_steps=12", "lr=2e-3",
+        "warmup_steps=1", "perceptual_weight=0.1")
+    assert falls(losses), losses
+    head = [r["pixel_head"] for r in read_metrics(tmp_path / "s1" / "metrics.jsonl") if "pixel_head" in r]
+    assert len(head) == 12 and falls(head), head
+    vq1 = VQRAE.from_pretrained(s1.final_dir)
+    assert vq1.config.quantizer == "patch-kmeans" and bool(vq1.quantizer.initialized)
+    assert evals[-1]["eval/utilization"] > 1 / 32
+    s2, losses, _ = run_stage(
+        "tokenizer-stage2", tmp_path / "s2", f"tokenizer={s1.final_dir}", "data_num=8", "batch_size=8",
+        "max_steps=6", "lr=1e-3", "encoder_lr=1e-3", "warmup_steps=1", "perceptual_weight=0.1",
+        "model.ema_decay=0.5")
+    assert falls(losses), losses
+    vq2 = VQRAE.from_pretrained(s2.final_dir)
+    assert not torch.equal(vq1.quantizer.centroids, vq2.quantizer.centroids)  # the EMA went on in stage 2
+    assert any(not torch.equal(a, b) for a, b in zip(vq1.encoder.parameters(), vq2.encoder.parameters()))
+
+
 def test_gan_switches_on_at_its_start_step(stage1_dir, tmp_path):
     _, _, _ = run_stage(
         "tokenizer-stage1", tmp_path, f"tokenizer={stage1_dir}", "batch_size=4", "max_steps=4", "lr=1e-3",

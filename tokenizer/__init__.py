@@ -8,6 +8,7 @@
 
 from .configuration import VQRAEConfig
 from .modeling import VQRAE, VQRAEOutput, load_vqrae
+from .patch_kmeans import PatchKMeansVQ
 from .quantizer import CodebookUsage, SimVQ, nearest_code
 
-__all__ = ["VQRAE", "CodebookUsage", "SimVQ", "VQRAEConfig", "VQRAEOutput", "load_vqrae", "nearest_code"]
+__all__ = ["VQRAE", "CodebookUsage", "PatchKMeansVQ", "SimVQ", "VQRAEConfig", "VQRAEOutput", "load_vqrae", "nearest_code"]

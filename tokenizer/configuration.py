@@ -14,6 +14,7 @@ from transformers import PretrainedConfig
 logger = logging.getLogger(__name__)
 
 ENCODER_TYPES = ("siglip", "dinov2", "timm")
+QUANTIZERS = ("simvq", "patch-kmeans")
 
 
 class VQRAEConfig(PretrainedConfig):
@@ -43,6 +44,12 @@ class VQRAEConfig(PretrainedConfig):
             and deletes it, so a saved tokenizer would lose the setting. The old key is still read.)
         codebook_seed: seed of the frozen random codebook C, drawn from its own generator: the same config gives
             the same codebook in every process, whatever the global RNG state.
+        quantizer: `"simvq"` (the paper's: nearest code in the encoder's feature space) or `"patch-kmeans"`
+            (codes placed by a per-token pixel head, see tokenizer/patch_kmeans.py; `codebook_dim`, `l2_normalize`
+            and `codebook_seed` do not apply to it).
+        quantizer_head_dim: hidden width of the patch-kmeans pixel head.
+        ema_decay: decay of the patch-kmeans codebook's EMA statistics.
+        dead_code_threshold: a patch-kmeans code whose EMA count (tokens per step) falls below this is restarted.
     """
 
     model_type = "vqrae"
@@ -67,6 +74,10 @@ class VQRAEConfig(PretrainedConfig):
         decoder_mlp_ratio: float = 4.0,
         decoder_gradient_checkpointing: bool = False,
         codebook_seed: int = 0,
+        quantizer: str = "simvq",
+        quantizer_head_dim: int = 512,
+        ema_decay: float = 0.99,
+        dead_code_threshold: float = 0.25,
         **kwargs,
     ):
         if "gradient_checkpointing" in kwargs:  # the key's name before it was renamed (see the docstring)
@@ -79,6 +90,14 @@ class VQRAEConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(codebook_seed, int) or isinstance(codebook_seed, bool) or codebook_seed < 0:
             raise ValueError(f"codebook_seed must be a non-negative integer, got {codebook_seed!r}")
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+        if not isinstance(quantizer_head_dim, int) or quantizer_head_dim <= 0:
+            raise ValueError(f"quantizer_head_dim must be a positive integer, got {quantizer_head_dim!r}")
+        if not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {ema_decay!r}")
+        if dead_code_threshold < 0:
+            raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold!r}")
         if commitment_weight < 0:
             raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight}")
         self.encoder_type = encoder_type
@@ -99,6 +118,10 @@ class VQRAEConfig(PretrainedConfig):
         self.decoder_mlp_ratio = decoder_mlp_ratio
         self.decoder_gradient_checkpointing = bool(decoder_gradient_checkpointing)
         self.codebook_seed = codebook_seed
+        self.quantizer = quantizer
+        self.quantizer_head_dim = quantizer_head_dim
+        self.ema_decay = ema_decay
+        self.dead_code_threshold = dead_code_threshold
         super().__init__(**kwargs)
 
 

@@ -81,8 +81,11 @@ class ViTDecoder(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, N, in_dim) -> (B, 3, h*p, w*p) in [0, 1] space (not clamped: the training loss sees raw values)."""
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                base: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, in_dim) -> (B, 3, h*p, w*p) in [0, 1] space (not clamped: the training loss sees raw values).
+        `base` (B, N, p*p*3) in [-1, 1]: patches the head's output is added to (the patch-kmeans quantizer's code
+        patches: the decoder then draws a correction that uses the neighbouring tokens)."""
         n = x.shape[1]
         h, w = grid if grid is not None else (math.isqrt(n), math.isqrt(n))
         if h * w != n:
@@ -95,5 +98,7 @@ class ViTDecoder(nn.Module):
             else:
                 x = block(x)
         x = self.head(self.norm(x))
+        if base is not None:
+            x = x + base.to(x.dtype)
         pixels = rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=self.patch_size, q=self.patch_size)
         return (pixels + 1) / 2  # the head predicts [-1, 1]; zero-mean outputs start at mid-grey

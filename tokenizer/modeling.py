@@ -18,11 +18,13 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .configuration import VQRAEConfig, warn_small_codebook_dim
 from .decoder import ViTDecoder
 from .encoders import build_encoder, load_encoder_weights, resolve_encoder
+from .patch_kmeans import PatchKMeansVQ
 from .quantizer import SimVQ
 
 logger = logging.getLogger(__name__)
@@ -54,16 +56,28 @@ class VQRAE(PreTrainedModel):
         if config.image_size % self.encoder.patch_size:
             raise ValueError(f"image_size {config.image_size} is not a multiple of the encoder patch size "
                              f"{self.encoder.patch_size}")
-        warn_small_codebook_dim(config.codebook_dim, d)
-        self.quantizer = SimVQ(
-            dim=d,
-            codebook_size=config.codebook_size,
-            codebook_dim=config.codebook_dim,
-            commitment_weight=config.commitment_weight,
-            l2_normalize=config.l2_normalize,
-            lookup_memory_mb=config.lookup_memory_mb,
-            codebook_seed=config.codebook_seed,
-        )
+        if config.quantizer == "patch-kmeans":
+            self.quantizer = PatchKMeansVQ(
+                dim=d,
+                patch_size=self.encoder.patch_size,
+                codebook_size=config.codebook_size,
+                head_dim=config.quantizer_head_dim,
+                commitment_weight=config.commitment_weight,
+                ema_decay=config.ema_decay,
+                dead_code_threshold=config.dead_code_threshold,
+                lookup_memory_mb=config.lookup_memory_mb,
+            )
+        else:
+            warn_small_codebook_dim(config.codebook_dim, d)
+            self.quantizer = SimVQ(
+                dim=d,
+                codebook_size=config.codebook_size,
+                codebook_dim=config.codebook_dim,
+                commitment_weight=config.commitment_weight,
+                l2_normalize=config.l2_normalize,
+                lookup_memory_mb=config.lookup_memory_mb,
+                codebook_seed=config.codebook_seed,
+            )
         self.decoder = ViTDecoder(
             in_dim=d,
             dim=config.decoder_dim or d,
@@ -80,7 +94,8 @@ class VQRAE(PreTrainedModel):
         """Explicit initialisation of VQRAE's own modules, called by `post_init` (and by `from_pretrained` for
         weights missing from a checkpoint; loaded tensors are flagged and left alone).
 
-        - SimVQ (projections, W, frozen codebook C): the SimVQ reference init, see `SimVQ.reset_parameters`.
+        - SimVQ (projections, W, frozen codebook C): the SimVQ reference init, see `SimVQ.reset_parameters`;
+          PatchKMeansVQ: nn.Linear's default for its head, an empty codebook (seeded by the first training batch).
         - ViT decoder: MAE's decoder init (xavier-uniform linears, zero biases, LayerNorm 1/0), see
           `ViTDecoder.reset_parameters`.
         - The encoder is never touched here: a Hugging Face encoder is a PreTrainedModel child that transformers
@@ -88,7 +103,7 @@ class VQRAE(PreTrainedModel):
           timm encoder keeps timm's own init. Without this override transformers' generic N(0, 0.02) would land on
           W, the projections, the decoder and every timm layer.
         """
-        if isinstance(module, (SimVQ, ViTDecoder)):
+        if isinstance(module, (SimVQ, PatchKMeansVQ, ViTDecoder)):
             module.reset_parameters()
 
     # -- construction ---------------------------------------------------------------------------------------------
@@ -181,21 +196,46 @@ class VQRAE(PreTrainedModel):
             raise ValueError(f"expected {self.num_tokens} codes per image ({self.grid_size}), got {codes.shape[1]}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.config.codebook_size})")
-        return self.decoder(self.quantizer.code_vectors(codes), self.grid_size).clamp(0, 1)
+        return self.decoder(self.quantizer.code_vectors(codes), self.grid_size,
+                            base=self.code_patches(codes)).clamp(0, 1)
 
     def decode_features(self, features: torch.Tensor, quantize: bool = True) -> torch.Tensor:
         """Continuous encoder features (B, N, d) -> images in [0, 1]; snapped to their codes unless quantize=False."""
-        z = self.quantizer(features).quantized if quantize else features
-        return self.decoder(z, self.grid_size).clamp(0, 1)
+        if not quantize:
+            return self.decoder(features, self.grid_size, base=self.feature_patches(features)).clamp(0, 1)
+        q = self.quantizer(features)
+        return self.decoder(q.quantized, self.grid_size, base=self.code_patches(q.codes)).clamp(0, 1)
+
+    def code_patches(self, codes: torch.Tensor) -> torch.Tensor | None:
+        """patch-kmeans: each code's patch (B, N, 3 p^2) in [-1, 1], which the decoder draws its correction on;
+        None for SimVQ (its decoder draws from nothing)."""
+        if not isinstance(self.quantizer, PatchKMeansVQ):
+            return None
+        return self.quantizer.code_patches(codes.reshape(codes.shape[0], -1))
+
+    def feature_patches(self, features: torch.Tensor) -> torch.Tensor | None:
+        """patch-kmeans: the pixel head's patches for continuous features (the unquantized path); None for SimVQ."""
+        if not isinstance(self.quantizer, PatchKMeansVQ):
+            return None
+        return self.quantizer.predict_patches(features)
 
     def code_features(self) -> torch.Tensor:
         """Every code as a vector in the encoder feature space: (K, d)."""
         return self.quantizer.code_features()
 
+    def patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [0, 1] -> each token's patch (B, N, 3 p^2) in [-1, 1], in the decoder head's
+        (p q c) order: the target of the patch-kmeans quantizer's pixel head."""
+        p = self.patch_size
+        return rearrange(pixels * 2 - 1, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+
     def forward(self, pixel_values: torch.Tensor) -> VQRAEOutput:
         features = self.encode(pixel_values)
-        q = self.quantizer(features)
-        recon = self.decoder(q.quantized, self.grid_size)
+        if isinstance(self.quantizer, PatchKMeansVQ):
+            q = self.quantizer(features, self.patches(pixel_values))
+        else:
+            q = self.quantizer(features)
+        recon = self.decoder(q.quantized, self.grid_size, base=self.code_patches(q.codes))
         return VQRAEOutput(
             reconstruction=recon,
             codes=q.codes.view(q.codes.shape[0], *self.grid_size),

@@ -63,10 +63,15 @@ class ModelSettings:
     decoder_mlp_ratio: float | None = None  # [4.0]
     decoder_gradient_checkpointing: bool | None = None  # recompute decoder blocks in the backward [false]
     codebook_seed: int | None = None  # seed of the frozen random codebook [null: the run's `seed`]
+    quantizer: str | None = None  # simvq (the paper's) | patch-kmeans (codes placed by a pixel head) [simvq]
+    quantizer_head_dim: int | None = None  # patch-kmeans: the pixel head's hidden width [512]
+    ema_decay: float | None = None  # patch-kmeans: EMA decay of the codebook statistics [0.99]
+    dead_code_threshold: float | None = None  # patch-kmeans: restart codes under this EMA count per step [0.25]
 
 
 # Settings that also apply to a tokenizer loaded with `tokenizer=` (they change how it trains, not what it is).
-RUNTIME_MODEL_KEYS = ("commitment_weight", "lookup_memory_mb", "decoder_gradient_checkpointing")
+RUNTIME_MODEL_KEYS = ("commitment_weight", "lookup_memory_mb", "decoder_gradient_checkpointing", "ema_decay",
+                      "dead_code_threshold")
 # The older top-level spellings of some `model` keys (alias fields of TokenizerStageConfig).
 FLAT_MODEL_KEYS = ("codebook_size", "codebook_dim", "l2_normalize", "decoder_dim", "decoder_depth", "decoder_heads")
 
@@ -189,7 +194,7 @@ class TokenizerTrainer(nn.Module):
             recon, features, quantizer_loss = out.reconstruction, out.features, out.quantizer_loss
         else:
             features = self.vq.encode(pixels)
-            recon = self.vq.decoder(features, self.vq.grid_size)
+            recon = self.vq.decoder(features, self.vq.grid_size, base=self.vq.feature_patches(features))
             quantizer_loss = recon.new_zeros(())
         l2 = F.mse_loss(recon, pixels)
         perceptual = self.perceptual(recon, pixels) if c.perceptual_weight > 0 else recon.new_zeros(())
@@ -198,6 +203,8 @@ class TokenizerTrainer(nn.Module):
                    "psnr": mean_psnr(pixels, recon)}  # the evaluation's definition (uint8, per image, mean)
         if c.quantize:
             metrics["batch_utilization"] = out.codes.unique().numel() / self.vq.config.codebook_size
+            if self.vq.config.quantizer == "patch-kmeans":
+                metrics["pixel_head"] = out.codebook_loss.detach()  # the head's patch MSE in [-1, 1] space
         if self.teacher is not None:
             with torch.no_grad():
                 target = self.teacher(pixels)
@@ -241,6 +248,9 @@ class TokenizerStage1(Stage):
                     setattr(vq.config, key, value)
             vq.quantizer.commitment_weight = vq.config.commitment_weight
             vq.quantizer.lookup_memory_mb = vq.config.lookup_memory_mb
+            if vq.config.quantizer == "patch-kmeans":
+                vq.quantizer.ema_decay = vq.config.ema_decay
+                vq.quantizer.dead_code_threshold = vq.config.dead_code_threshold
             vq.decoder.gradient_checkpointing = vq.config.decoder_gradient_checkpointing
             return vq
         return VQRAE.from_encoder(c.encoder_type, c.encoder, image_size=c.image_size, **c.vqrae_kwargs())
