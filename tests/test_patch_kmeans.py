@@ -102,6 +102,7 @@ def test_codes_come_to_follow_the_pixels():
         members = codes == c
         pattern = patterns[torch.bincount(labels[members]).argmax()]
         assert (q.centroids[c] - pattern).abs().max() < 0.2
+        assert (q.code_patch[c] - pattern).abs().max() < 0.1  # the mean true patch: sharper than the centroid
         assert torch.allclose(q.code_embed[c], feats[0][members].mean(0), atol=0.5)
 
 
@@ -162,7 +163,7 @@ def test_the_decoder_draws_a_correction_on_the_codes_patches():
     def draw(patches):
         return ((rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=4, p=8, q=8) + 1) / 2).clamp(0, 1)
 
-    assert torch.allclose(vq.decode(codes), draw(vq.quantizer.centroids[codes]), atol=1e-6)
+    assert torch.allclose(vq.decode(codes), draw(vq.quantizer.code_patch[codes]), atol=1e-6)
     feats = vq.encode(pixels)
     with torch.no_grad():
         assert torch.allclose(vq.decode_features(feats, quantize=False), draw(vq.quantizer.head(feats)), atol=1e-6)

@@ -7,7 +7,8 @@ on the tokens they serve worst (drawn in proportion to their squared error, as k
 keeps the EMA mean of the encoder features assigned to it: that (K, d) table is what the decoder reads (through a
 straight-through estimator, like SimVQ's output) and what `code_features()` gives the unified model; the decoder
 adds its output to the code's patch (`VQRAE.code_patches`), so it starts from a table of the codes and learns the
-correction that the neighbouring tokens allow.
+correction that the neighbouring tokens allow. A code's patch is the EMA mean of the *true* patches of its tokens
+(what a table of the codes would draw; the centroid, a mean of predictions, is blurrier).
 
 Why (issue 11, measured on ShapesWorld at patch 4, see README "Tokenizer fidelity"): the encoder's features keep
 each token's shape (a per-token MLP draws it back, 96.9% shape accuracy), but every nearest-code quantizer of the
@@ -77,9 +78,11 @@ class PatchKMeansVQ(nn.Module):
         k = codebook_size
         self.register_buffer("centroids", torch.zeros(k, self.patch_dim))  # lookup space: predicted patches
         self.register_buffer("code_embed", torch.zeros(k, dim))  # what the decoder reads: mean feature per code
+        self.register_buffer("code_patch", torch.zeros(k, self.patch_dim))  # what it corrects: mean true patch
         self.register_buffer("cluster_size", torch.zeros(k))  # EMA tokens per step
         self.register_buffer("centroid_sum", torch.zeros(k, self.patch_dim))
         self.register_buffer("embed_sum", torch.zeros(k, dim))
+        self.register_buffer("patch_sum", torch.zeros(k, self.patch_dim))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.reset_parameters()
 
@@ -90,8 +93,8 @@ class PatchKMeansVQ(nn.Module):
         for m in self.head:
             if isinstance(m, nn.Linear) and m.weight.numel():
                 m.reset_parameters()
-        for buf in (self.centroids, self.code_embed, self.cluster_size, self.centroid_sum, self.embed_sum,
-                    self.initialized):
+        for buf in (self.centroids, self.code_embed, self.code_patch, self.cluster_size, self.centroid_sum,
+                    self.embed_sum, self.patch_sum, self.initialized):
             if buf.device.type != "meta" and not getattr(buf, "_is_hf_initialized", False):
                 buf.zero_()
 
@@ -116,7 +119,7 @@ class PatchKMeansVQ(nn.Module):
 
     def code_patches(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (...) long -> the codes' patches (..., 3 p^2) in [-1, 1]: what the decoder corrects."""
-        return F.embedding(codes, self.centroids)
+        return F.embedding(codes, self.code_patch)
 
     def code_features(self) -> torch.Tensor:
         """Every code as a vector in the encoder feature space: (K, d)."""
@@ -127,11 +130,14 @@ class PatchKMeansVQ(nn.Module):
         features (B, N, d), codes, losses. In training mode (with gradients) the codebook is updated."""
         pred = self.predict_patches(z)
         update = self.training and torch.is_grad_enabled()
+        # the true patches feed the codes' patch table; without them (a forward that has no pixels) the head's
+        # predictions stand in
+        patches = (target_patches if target_patches is not None else pred).detach()
         if update and not bool(self.initialized):
-            self._seed(pred, z)
+            self._seed(pred, z, patches)
         codes = self._assign(pred)
         if update:
-            self._ema_update(pred, z, codes)
+            self._ema_update(pred, z, patches, codes)
         q = self.code_vectors(codes).to(z.dtype)
         commitment = F.mse_loss(z, q.detach())  # pulls the features towards their code's mean (stage 2)
         pixel = F.mse_loss(pred, target_patches.to(pred.dtype)) if target_patches is not None else pred.new_zeros(())
@@ -152,50 +158,52 @@ class PatchKMeansVQ(nn.Module):
                 dist.broadcast(t, src=0)
 
     @torch.no_grad()
-    def _seed(self, pred: torch.Tensor, z: torch.Tensor) -> None:
+    def _seed(self, pred: torch.Tensor, z: torch.Tensor, patches: torch.Tensor) -> None:
         """k-means++ on the first training batch (rank 0's, broadcast)."""
-        x = pred.detach().float().reshape(-1, self.patch_dim)
-        f = z.detach().float().reshape(-1, self.dim)
+        x, f, t = self._rows(pred, z, patches)
         idx = _kmeans_pp(x, self.codebook_size)
-        centroids, embed = x[idx], f[idx]
-        self._broadcast(centroids, embed)
+        centroids, embed, patch = x[idx], f[idx], t[idx]
+        self._broadcast(centroids, embed, patch)
         self.centroids.copy_(centroids)
         self.code_embed.copy_(embed)
+        self.code_patch.copy_(patch)
         size = self.dead_code_threshold * 2  # a fresh code gets some steps to win tokens before it counts dead
         self.cluster_size.fill_(size)
         self.centroid_sum.copy_(centroids * size)
         self.embed_sum.copy_(embed * size)
+        self.patch_sum.copy_(patch * size)
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, pred: torch.Tensor, z: torch.Tensor, codes: torch.Tensor) -> None:
-        x = pred.detach().float().reshape(-1, self.patch_dim)
-        f = z.detach().float().reshape(-1, self.dim)
+    def _rows(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        return [t.detach().float().reshape(-1, t.shape[-1]) for t in tensors]
+
+    @torch.no_grad()
+    def _ema_update(self, pred: torch.Tensor, z: torch.Tensor, patches: torch.Tensor, codes: torch.Tensor) -> None:
+        x, f, t = self._rows(pred, z, patches)
         flat = codes.reshape(-1)
         k = self.codebook_size
         counts = torch.bincount(flat, minlength=k).float()
-        sums_x = torch.zeros(k, self.patch_dim, device=x.device).index_add_(0, flat, x)
-        sums_f = torch.zeros(k, self.dim, device=f.device).index_add_(0, flat, f)
+        sums = [torch.zeros(k, rows.shape[1], device=rows.device).index_add_(0, flat, rows) for rows in (x, f, t)]
         if _world() > 1:
-            for t in (counts, sums_x, sums_f):
-                dist.all_reduce(t)
+            for s in (counts, *sums):
+                dist.all_reduce(s)
         d = self.ema_decay
         size = self.cluster_size.float() * d + counts * (1 - d)
-        csum = self.centroid_sum.float() * d + sums_x * (1 - d)
-        esum = self.embed_sum.float() * d + sums_f * (1 - d)
         total = size.sum()
         smoothed = (size + 1e-5) / (total + k * 1e-5) * total  # Laplace: an empty code never divides by zero
         self.cluster_size.copy_(size)
-        self.centroid_sum.copy_(csum)
-        self.embed_sum.copy_(esum)
-        self.centroids.copy_(csum / smoothed[:, None])
-        self.code_embed.copy_(esum / smoothed[:, None])
+        for acc, mean, batch_sum in ((self.centroid_sum, self.centroids, sums[0]),
+                                     (self.embed_sum, self.code_embed, sums[1]),
+                                     (self.patch_sum, self.code_patch, sums[2])):
+            acc.copy_(acc.float() * d + batch_sum * (1 - d))
+            mean.copy_(acc.float() / smoothed[:, None])
         dead = size < self.dead_code_threshold  # identical on every process: the statistics were summed
         if bool(dead.any()):
-            self._restart(dead, x, f)
+            self._restart(dead, x, f, t)
 
     @torch.no_grad()
-    def _restart(self, dead: torch.Tensor, x: torch.Tensor, f: torch.Tensor) -> None:
+    def _restart(self, dead: torch.Tensor, x: torch.Tensor, f: torch.Tensor, t: torch.Tensor) -> None:
         """Dead codes move onto this batch's tokens, drawn in proportion to their squared distance to their
         nearest live code (rank 0 draws, every process takes the same)."""
         n = int(dead.sum())
@@ -206,14 +214,14 @@ class PatchKMeansVQ(nn.Module):
             err = torch.ones(x.shape[0], device=x.device)
         weights = err if err.sum() > 0 else torch.ones_like(err)
         idx = torch.multinomial(weights, n, replacement=n > x.shape[0])
-        centroids, embed = x[idx], f[idx]
-        self._broadcast(centroids, embed)
+        new = [x[idx], f[idx], t[idx]]
+        self._broadcast(*new)
         size = self.dead_code_threshold * 2  # as in _seed
-        self.centroids[dead] = centroids.to(self.centroids.dtype)
-        self.code_embed[dead] = embed.to(self.code_embed.dtype)
         self.cluster_size[dead] = size
-        self.centroid_sum[dead] = (centroids * size).to(self.centroid_sum.dtype)
-        self.embed_sum[dead] = (embed * size).to(self.embed_sum.dtype)
+        for mean, acc, rows in zip((self.centroids, self.code_embed, self.code_patch),
+                                   (self.centroid_sum, self.embed_sum, self.patch_sum), new):
+            mean[dead] = rows.to(mean.dtype)
+            acc[dead] = (rows * size).to(acc.dtype)
 
 
 __all__ = ["PatchKMeansVQ"]
