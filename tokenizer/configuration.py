@@ -46,7 +46,7 @@ class VQRAEConfig(PretrainedConfig):
             the same codebook in every process, whatever the global RNG state.
         quantizer: `"simvq"` (the paper's: nearest code in the encoder's feature space) or `"patch-kmeans"`
             (codes placed by a per-token pixel head, see tokenizer/patch_kmeans.py; `codebook_dim`, `l2_normalize`
-            and `codebook_seed` do not apply to it).
+            `codebook_seed` and `commitment_weight` do not apply to it).
         quantizer_head_dim: hidden width of the patch-kmeans pixel head.
         ema_decay: decay of the patch-kmeans codebook's EMA statistics.
         dead_code_threshold: a patch-kmeans code whose EMA count (tokens per step) falls below this is restarted.

@@ -62,7 +62,6 @@ class VQRAE(PreTrainedModel):
                 patch_size=self.encoder.patch_size,
                 codebook_size=config.codebook_size,
                 head_dim=config.quantizer_head_dim,
-                commitment_weight=config.commitment_weight,
                 ema_decay=config.ema_decay,
                 dead_code_threshold=config.dead_code_threshold,
                 lookup_memory_mb=config.lookup_memory_mb,

@@ -58,7 +58,6 @@ class PatchKMeansVQ(nn.Module):
         patch_size: int,
         codebook_size: int = 16384,
         head_dim: int = 512,
-        commitment_weight: float = 0.25,
         ema_decay: float = 0.99,
         dead_code_threshold: float = 0.25,
         lookup_memory_mb: float = 256.0,
@@ -69,7 +68,6 @@ class PatchKMeansVQ(nn.Module):
         self.dim = dim
         self.patch_dim = 3 * patch_size * patch_size
         self.codebook_size = codebook_size
-        self.commitment_weight = commitment_weight
         self.ema_decay = ema_decay
         self.dead_code_threshold = dead_code_threshold  # EMA tokens per step below which a code is restarted
         self.lookup_memory_mb = lookup_memory_mb
@@ -139,12 +137,15 @@ class PatchKMeansVQ(nn.Module):
         if update:
             self._ema_update(pred, z, patches, codes)
         q = self.code_vectors(codes).to(z.dtype)
-        commitment = F.mse_loss(z, q.detach())  # pulls the features towards their code's mean (stage 2)
+        # Reported, not trained: the codes are placed in the head's space, so pulling features towards their code's
+        # mean feature buys nothing, and in stage 2 it was the largest force on the encoder (5x the pixel head's
+        # gradient): it dragged the features to cosine 0.47 from the stage-1 encoder, self-distillation notwithstanding.
+        commitment = F.mse_loss(z.detach(), q)
         pixel = F.mse_loss(pred, target_patches.to(pred.dtype)) if target_patches is not None else pred.new_zeros(())
         return QuantizerOutput(
             quantized=z + (q - z).detach(),
             codes=codes,
-            loss=pixel + self.commitment_weight * commitment,
+            loss=pixel,
             codebook_loss=pixel,  # the head's pixel loss: what places the codes (the EMA needs no loss)
             commitment_loss=commitment,
         )

@@ -246,7 +246,8 @@ class TokenizerStage1(Stage):
                 value = getattr(c.model, key)
                 if value is not None:
                     setattr(vq.config, key, value)
-            vq.quantizer.commitment_weight = vq.config.commitment_weight
+            if vq.config.quantizer == "simvq":
+                vq.quantizer.commitment_weight = vq.config.commitment_weight
             vq.quantizer.lookup_memory_mb = vq.config.lookup_memory_mb
             if vq.config.quantizer == "patch-kmeans":
                 vq.quantizer.ema_decay = vq.config.ema_decay
