@@ -167,3 +167,4 @@ def test_the_decoder_draws_a_correction_on_the_codes_patches():
     feats = vq.encode(pixels)
     with torch.no_grad():
         assert torch.allclose(vq.decode_features(feats, quantize=False), draw(vq.quantizer.head(feats)), atol=1e-6)
+

@@ -87,7 +87,7 @@ def test_p4_profile_until_the_tokenizer(tmp_path, capsys):
     assert list(state["steps"]) == STEPS[: STEPS.index("eval-tokenizer") + 1] and state["configs"] == "shapes-tiny-p4"
     assert "configs/shapes-tiny-p4/tokenizer-stage2.yaml" in out and "vqrae reconstruct --tokenizer" in out
     vq = load_vqrae(str(tmp_path / "tokenizer-stage2" / "final"))
-    assert vq.patch_size == 4 and vq.num_tokens == 256
+    assert vq.patch_size == 4 and vq.num_tokens == 256 and vq.config.quantizer == "patch-kmeans"
     assert "shape_accuracy" in state["results"]["eval-tokenizer"]["stage2"]
     # the same folder with the other profile is refused, not mixed
     assert main(["quickstart", "--smoke", "--until", "lm", "--out", str(tmp_path)]) == 2

@@ -214,7 +214,7 @@ class PatchKMeansVQ(nn.Module):
         else:
             err = torch.ones(x.shape[0], device=x.device)
         weights = err if err.sum() > 0 else torch.ones_like(err)
-        idx = torch.multinomial(weights, n, replacement=n > x.shape[0])
+        idx = torch.multinomial(weights, n, replacement=n > int((weights > 0).sum()))  # too few distinct tokens
         new = [x[idx], f[idx], t[idx]]
         self._broadcast(*new)
         size = self.dead_code_threshold * 2  # as in _seed
