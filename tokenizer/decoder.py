@@ -37,6 +37,12 @@ def sincos_2d(h: int, w: int, dim: int, device=None, dtype=torch.float32) -> tor
     return torch.cat(parts, dim=1).to(dtype)
 
 
+def to_patches(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Pixels (B, 3, H, W) in [0, 1] -> each token's patch (B, N, p*p*3) in [-1, 1], in the layout the decoder's head
+    writes (its forward undoes exactly this): the target of the patch-kmeans quantizer's pixel head."""
+    return rearrange(pixels * 2 - 1, "b c (h p) (w q) -> b (h w) (p q c)", p=patch_size, q=patch_size)
+
+
 class ViTDecoder(nn.Module):
     def __init__(
         self,

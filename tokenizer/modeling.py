@@ -18,11 +18,10 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .configuration import VQRAEConfig, warn_small_codebook_dim
-from .decoder import ViTDecoder
+from .decoder import ViTDecoder, to_patches
 from .encoders import build_encoder, load_encoder_weights, resolve_encoder
 from .patch_kmeans import PatchKMeansVQ
 from .quantizer import SimVQ
@@ -225,8 +224,7 @@ class VQRAE(PreTrainedModel):
     def patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W) in [0, 1] -> each token's patch (B, N, 3 p^2) in [-1, 1], in the decoder head's
         (p q c) order: the target of the patch-kmeans quantizer's pixel head."""
-        p = self.patch_size
-        return rearrange(pixels * 2 - 1, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+        return to_patches(pixels, self.patch_size)
 
     def forward(self, pixel_values: torch.Tensor) -> VQRAEOutput:
         features = self.encode(pixel_values)
