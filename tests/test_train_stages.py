@@ -167,7 +167,8 @@ def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch):
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
     monkeypatch.undo()
     torch.save(net.state_dict(), tmp_path / "inception.pth")
-    torch.save(torchvision.models.vgg16().state_dict(), tmp_path / "vgg16.pth")
+    trunk = torchvision.models.vgg16().features  # LPIPS reads only the conv trunk (58 MB, not the whole 528 MB)
+    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, tmp_path / "vgg16.pth")
     vq = VQRAE.from_pretrained(stage1_dir)
     data = image_text_dataset("shapes", 6, vq.image_size, "val", 0, kind="image")
     m = reconstruction_metrics(vq, data, batch_size=3, lpips_vgg_weights=str(tmp_path / "vgg16.pth"),
