@@ -144,8 +144,8 @@ def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
     assert (tiny.patch_size, p4.patch_size) == (8, 4) and p4.width == tiny.width and p4.max_steps == tiny.max_steps
     s1 = load("shapes-tiny-p4", "tokenizer-stage1")
     assert s1.encoder == "runs/shapes-tiny-p4/encoder/final" and s1.output_dir.startswith("runs/shapes-tiny-p4/")
-    # issue 11: the p4 profile's codes are placed by a pixel head, 1,024 of them (shapes-tiny keeps SimVQ, 512)
-    assert (s1.model.quantizer, s1.model.codebook_size) == ("patch-kmeans", 1024)
+    # issue 11: the p4 profile's codes are placed by a pixel head, 2,048 of them (shapes-tiny keeps SimVQ, 512)
+    assert (s1.model.quantizer, s1.model.codebook_size) == ("patch-kmeans", 2048)
     assert load("shapes-tiny", "tokenizer-stage1").model.quantizer is None  # VQRAEConfig's default: simvq
     sft = load("shapes-tiny-p4", "unified-sft", ["init=x"])
     assert sft.max_length >= 2 * 256 + 64 and sft.data == load("shapes-tiny", "unified-sft", ["init=x"]).data
