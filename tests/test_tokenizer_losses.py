@@ -10,17 +10,12 @@ from vqrae.tokenizer.losses import PatchDiscriminator, PerceptualLoss, adaptive_
 from vqrae.tokenizer.testing import tiny_vqrae_config
 
 
-def test_lpips_loads_backbone_from_disk(tmp_path):
-    import torchvision
-
-    torch.manual_seed(0)
-    vgg = torchvision.models.vgg16()  # random weights stand in for the real file, which cannot be downloaded here
-    # LPIPS reads only the conv trunk: a trunk-only file (58 MB, not 528 MB) is enough and spares CI's disk
-    torch.save({f"features.{k}": v for k, v in vgg.features.state_dict().items()}, tmp_path / "vgg16.pth")
-    loss = PerceptualLoss(lpips_vgg_weights=str(tmp_path / "vgg16.pth"))
+def test_lpips_loads_backbone_from_disk(vgg16_trunk_weights):
+    loss = PerceptualLoss(lpips_vgg_weights=str(vgg16_trunk_weights))
     assert loss.kind == "lpips"
     # the trunk holds exactly the file's weights
-    assert torch.equal(getattr(loss.lpips.net.slice3, "10").weight, vgg.features[10].weight)
+    saved = torch.load(vgg16_trunk_weights, weights_only=True)
+    assert torch.equal(getattr(loss.lpips.net.slice3, "10").weight, saved["features.10.weight"])
     x = torch.rand(2, 3, 32, 32)
     assert loss(x, x).item() == pytest.approx(0, abs=1e-6)
     y = torch.rand(2, 3, 32, 32, requires_grad=True)

@@ -152,9 +152,8 @@ def test_eval_reconstruction_cli(stage1_dir, encoder_dir, tmp_path, capsys):
     assert rc == 2
 
 
-def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch):
+def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch, vgg16_trunk_weights):
     """rFID and LPIPS run from local files (random weights stand in for the real ones, which cannot be fetched)."""
-    import torchvision
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from vqrae.eval.reconstruction import reconstruction_metrics
@@ -167,11 +166,9 @@ def test_rfid_and_lpips_with_local_weights(stage1_dir, tmp_path, monkeypatch):
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
     monkeypatch.undo()
     torch.save(net.state_dict(), tmp_path / "inception.pth")
-    trunk = torchvision.models.vgg16().features  # LPIPS reads only the conv trunk (58 MB, not the whole 528 MB)
-    torch.save({f"features.{k}": v for k, v in trunk.state_dict().items()}, tmp_path / "vgg16.pth")
     vq = VQRAE.from_pretrained(stage1_dir)
     data = image_text_dataset("shapes", 6, vq.image_size, "val", 0, kind="image")
-    m = reconstruction_metrics(vq, data, batch_size=3, lpips_vgg_weights=str(tmp_path / "vgg16.pth"),
+    m = reconstruction_metrics(vq, data, batch_size=3, lpips_vgg_weights=str(vgg16_trunk_weights),
                                inception_weights=str(tmp_path / "inception.pth"), progress=False)
     assert m["rfid"] >= 0 and 0 <= m["lpips"] and "notes" not in m
 
