@@ -408,7 +408,7 @@ def render_sample(cfg: ShapesConfig, seed: int, split: str = "train", index: int
         "background": asdict(background) | {"colors": [list(c) for c in background.colors]},
         "geneval": rec,
         "vqa": vqa,
-        "conversations": vqa_to_conversation(vqa),
+        "conversations": vqa_to_conversation(vqa, rng.permutation(len(vqa)).tolist()),
     }
     return Sample(image, labels, out)
 

@@ -157,10 +157,13 @@ def vqa_for(objects: list[dict], cfg: ShapesConfig, rng: np.random.Generator) ->
     return out
 
 
-def vqa_to_conversation(vqa: list[dict]) -> list[dict]:
-    """LLaVA conversation: `<image>` in the first human turn, LLaVA-1.5 answer-format suffixes."""
+def vqa_to_conversation(vqa: list[dict], order: list[int] | None = None) -> list[dict]:
+    """LLaVA conversation: `<image>` in the first human turn, LLaVA-1.5 answer-format suffixes. `order`: the
+    questions' order (a permutation of their indices). Render scenes in a random order: `vqa_for` always asks the
+    object count first, and a model trained on that order learns that a question right after the image is a count
+    (measured: colour questions asked on their own, as VQA evaluation asks them, were answered "4")."""
     conv = []
-    for k, qa in enumerate(vqa):
+    for k, qa in enumerate(vqa if order is None else [vqa[i] for i in order]):
         suffix = LETTER_ANSWER if qa["type"] == "mc" else SHORT_ANSWER
         prefix = "<image>\n" if k == 0 else ""
         conv.append({"from": "human", "value": f"{prefix}{qa['question']}\n{suffix}"})

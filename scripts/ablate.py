@@ -170,8 +170,10 @@ def run_understanding_input(args: argparse.Namespace) -> int:
     extra = _split_overrides(args.overrides, ("align", "sft"))
     out, rows = Path(args.out), []
     for arm in ("features", "codes"):
+        # codes are read one position per code: that arm never merges feature blocks (config feature_merge)
+        merge = ["feature_merge=1"] if arm == "codes" else []
         metrics = _understanding_arm(args, args.vqrae, out / arm,
-                                     {"align": [f"image_input={arm}", *extra["align"]], "sft": extra["sft"]})
+                                     {"align": [f"image_input={arm}", *merge, *extra["align"]], "sft": extra["sft"]})
         rows.append({"image input": arm, **metrics})
     _vqa_table("image input", rows, out)
     return 0

@@ -136,7 +136,7 @@ def check_caption(caption: str, objs: list[dict]) -> None:
 @pytest.mark.parametrize("size", [32, 64])
 def test_text_and_answers_agree_with_pixels(size):
     cfg = ShapesConfig(size=size)
-    tags, pope = Counter(), Counter()
+    tags, pope, first_types = Counter(), Counter(), Counter()
     for i in range(90 if size == 64 else 40):
         s = render_sample(cfg, seed=7, split="train", index=i)
         rec = s.record
@@ -164,7 +164,15 @@ def test_text_and_answers_agree_with_pixels(size):
         conv = rec["conversations"]
         assert conv[0]["value"].startswith("<image>\n") and len(conv) == 2 * len(rec["vqa"])
         assert [t["from"] for t in conv] == ["human", "gpt"] * len(rec["vqa"])
+        # the conversation asks every VQA question once, in the scene's own random order
+        asked = sorted((c["value"].removeprefix("<image>\n").rsplit("\n", 1)[0], a["value"])
+                       for c, a in zip(conv[::2], conv[1::2]))
+        assert asked == sorted((qa["question"], qa["answer"]) for qa in rec["vqa"])
+        first_types[next(qa["type"] for qa in rec["vqa"]
+                         if conv[0]["value"].startswith(f"<image>\n{qa['question']}\n"))] += 1
         tags[rec["tag"]] += 1
+    # a model must not learn that the question right after the image is always the same kind (VQA asks each alone)
+    assert len(first_types) >= 4 and max(first_types.values()) < 0.5 * sum(first_types.values()), first_types
     if size == 64:
         assert set(tags) == {*TAGS, "scene"}
         for kind in ("random", "popular", "adversarial"):

@@ -52,10 +52,26 @@ def aligned(parts, tmp_path_factory):
     return stage, result, losses, out
 
 
+def _start_model(stage):
+    """The model a stage started from: built again the way the engine builds it (seeded, then build_model), which
+    includes the projector's calibration on the data and the code rows derived from it."""
+    from vqrae.train.engine import seed_everything
+
+    seed_everything(stage.config.seed)
+    return type(stage)(stage.config).build_model()
+
+
 def test_align_trains_the_projector_only_and_its_loss_falls(parts, aligned):
-    _, result, losses, out = aligned
+    stage, result, losses, out = aligned
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    start = UnifiedModel.from_llm(str(parts / "llm"), str(parts / "vqrae"), dtype=torch.float32)
+    start = _start_model(stage)
+    # the build calibrated the fresh projector: its outputs start at the text rows' spread
+    text = start.llm.get_input_embeddings().weight[: start.config.code_offset].detach()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        slots = start.encode_images(torch.rand(4, 3, 32, 32, generator=g))
+    radius = float((text - text.mean(0)).norm(dim=-1).mean())
+    assert 0.5 < float(slots.norm(dim=-1).mean()) / radius < 2
     final = UnifiedModel.from_pretrained(result.final_dir)
     assert changed(weights(start, "projector"), weights(final, "projector"))
     assert not changed(weights(start, "llm"), weights(final, "llm"))

@@ -266,8 +266,9 @@ class UnifiedCollator:
     def _features(self, values: Any) -> torch.Tensor:
         cfg = self.processor.config
         feats = torch.as_tensor(values)
-        if feats.dim() != 2 or feats.shape[0] != cfg.num_image_features or not feats.is_floating_point():
-            raise InvalidRecord(f"vqrae_features must be a float ({cfg.num_image_features}, feature_dim) tensor, "
+        # the VQRAE's own grid: merging (config.feature_merge) happens in the model
+        if feats.dim() != 2 or feats.shape[0] != cfg.num_image_tokens or not feats.is_floating_point():
+            raise InvalidRecord(f"vqrae_features must be a float ({cfg.num_image_tokens}, feature_dim) tensor, "
                                 f"got shape {tuple(feats.shape)}")
         return feats
 

@@ -27,10 +27,14 @@ class UnifiedConfig(PreTrainedConfig):
         vqrae_config: the VQRAE tokenizer's config (`VQRAEConfig` or its dict).
         template: conversation template: `"auto"` (the text tokenizer's own chat template when it has one, else our
             `plain` template) or a name from `unified_model.templates`.
-        projector_type: `"mlp2x_gelu"` or `"linear"`.
+        projector_type: `"mlp2x_gelu"`, `"linear"` or `"conv_mlp"` (3x3 convolutions over the grid between the
+            two Linears, so each position sees its neighbours: `projector.ConvProjector`).
         feature_dim: width of the VQRAE continuous features (the projector's input).
         hidden_size: the LLM's embedding width (the projector's output).
-        num_image_features: N, how many feature vectors one `<image>` expands to.
+        num_image_features: N, how many LLM positions one `<image>` expands to: the feature grid's size divided by
+            `feature_merge` squared.
+        feature_merge: s, the side of the block of feature vectors that one `<image>` position reads (1: one vector
+            per position, LLaVA; 2: 2 x 2 vectors concatenated, InternVL / Qwen2-VL).
         grid_size: (h, w) of an image's code grid; an image to generate is `<boi>` + h*w codes + `<eoi>`.
         codebook_size: K, the number of image codes.
         code_offset: LLM id of code 0; code k is `code_offset + k`. Codes live past the text tokenizer's ids, so
@@ -59,6 +63,7 @@ class UnifiedConfig(PreTrainedConfig):
     feature_dim: int = 0
     hidden_size: int = 0
     num_image_features: int = 0
+    feature_merge: int = 1
     grid_size: list[int] | tuple[int, ...] = (0, 0)
     codebook_size: int = 0
     code_offset: int = 0
@@ -83,11 +88,18 @@ class UnifiedConfig(PreTrainedConfig):
             raise ValueError(f"image_input must be one of {IMAGE_INPUTS}, got {self.image_input!r}")
         if self.code_init not in CODE_INITS:
             raise ValueError(f"code_init must be one of {CODE_INITS}, got {self.code_init!r}")
+        if self.feature_merge < 1:
+            raise ValueError(f"feature_merge must be >= 1, got {self.feature_merge}")
+        if self.image_input == "codes" and self.feature_merge != 1:
+            raise ValueError("image_input 'codes' reads one position per code: it needs feature_merge 1, got "
+                             f"{self.feature_merge}")
         if "{caption}" not in self.t2i_prompt:
             raise ValueError(f"t2i_prompt must contain '{{caption}}', got {self.t2i_prompt!r}")
         self.grid_size = [int(x) for x in self.grid_size]
         if len(self.grid_size) != 2:
             raise ValueError(f"grid_size must be (h, w), got {self.grid_size}")
+        if any(g % self.feature_merge for g in self.grid_size):
+            raise ValueError(f"feature_merge {self.feature_merge} must divide the grid {self.grid_size}")
         # The LLM decides whether its input and output embeddings are one tensor (LLaVA does the same).
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
 

@@ -37,7 +37,7 @@ from .configuration import UnifiedConfig
 from .generation import generate_images, stream_chat, stream_reply
 from .loss import token_loss
 from .processing import ImageInput, UnifiedProcessor
-from .projector import build_projector
+from .projector import build_projector, calibrate_projector, merge_features
 from .sampling_config import SamplingConfig
 from .vocab import extend_vocabulary, init_code_embeddings
 
@@ -82,7 +82,8 @@ class UnifiedModel(PreTrainedModel):
         super().__init__(config)
         self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.vqrae = vqrae if vqrae is not None else VQRAE(config.vqrae_config)
-        self.projector = build_projector(config.projector_type, config.feature_dim, config.hidden_size)
+        self.projector = build_projector(config.projector_type, config.feature_dim, config.hidden_size,
+                                         config.feature_merge, config.grid_size)
         # Not weights: the text side and the defaults, attached by from_pretrained / from_components.
         self.processor: UnifiedProcessor | None = None
         self.sampling_config = SamplingConfig(image_tokens=config.num_image_tokens)
@@ -95,7 +96,7 @@ class UnifiedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         # Only the projector is ours to initialise: the LLM and the VQRAE are PreTrainedModels that initialise
         # themselves (or come pretrained). LLaVA-1.5's mlp2x_gelu projector keeps torch's nn.Linear init, so do we.
-        if isinstance(module, nn.Linear) and any(module is m for m in self.projector.modules()):
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and any(module is m for m in self.projector.modules()):
             module.reset_parameters()
 
     # ----- the text side -----
@@ -120,9 +121,11 @@ class UnifiedModel(PreTrainedModel):
         template: str = "auto",
         projector_type: str = "mlp2x_gelu",
         code_init: str = "projector",
+        feature_merge: int = 1,
         **config_kwargs,
     ) -> UnifiedModel:
-        """A new unified model: extends the vocabulary, builds the projector, initialises the code embeddings."""
+        """A new unified model: extends the vocabulary, builds the projector, initialises the code embeddings.
+        `feature_merge` s: an `<image>` position reads an s x s block of the feature grid (see `projector`)."""
         hidden = llm.get_input_embeddings().weight.shape[1]
         grid = list(vqrae.grid_size)
         from . import templates
@@ -139,7 +142,8 @@ class UnifiedModel(PreTrainedModel):
             projector_type=projector_type,
             feature_dim=vqrae.feature_dim,
             hidden_size=hidden,
-            num_image_features=grid[0] * grid[1],
+            num_image_features=grid[0] * grid[1] // (feature_merge * feature_merge),
+            feature_merge=feature_merge,
             grid_size=grid,
             code_init=code_init,
             **ids,
@@ -221,15 +225,28 @@ class UnifiedModel(PreTrainedModel):
         if self._has_lora():  # peft's token rows would shadow what is written into the base table
             raise ValueError("initialise the code embeddings before add_lora, not after")
         if mode == "projector":
-            device = next(self.projector.parameters()).device
-            feats = self.vqrae.code_features().to(device)
-            vectors = self.projector(feats.to(next(self.projector.parameters()).dtype))
+            # a code's row: the projection of a block filled with that code's feature vector
+            s = self.config.feature_merge
+            vectors = self._project(self.vqrae.code_features().repeat(1, s * s))
         elif mode == "mean":
             vectors = None
         else:
             raise ValueError(f"code init must be 'projector' or 'mean', got {mode!r}")
         init_code_embeddings(self.llm, self.config.code_offset, vectors)
         self.config.code_init = mode
+
+    @torch.no_grad()
+    def calibrate_projector(self, vqrae_features: torch.Tensor) -> dict[str, float]:
+        """Fold the statistics of (M, N, feature_dim) VQRAE features into the fresh projector (see
+        `projector.calibrate_projector`): its outputs start centred, at the text rows' spread, with the images'
+        common direction removed; projector-initialised code rows are re-derived from it."""
+        text = self.llm.get_input_embeddings().weight[: self.config.code_offset].float()
+        radius = float((text - text.mean(0)).norm(dim=-1).mean())
+        merged = merge_features(vqrae_features.float(), self.config.grid_size, self.config.feature_merge)
+        stats = calibrate_projector(self.projector, merged, radius)
+        if self.config.code_init == "projector" and not self._has_lora():
+            self.init_code_embeddings("projector")
+        return stats
 
     def set_trainable(self, projector: bool = True, llm: bool = True, vqrae: bool = False) -> None:
         """Choose what a training stage updates (align: projector only; SFT / generation: projector + LLM).
@@ -258,8 +275,15 @@ class UnifiedModel(PreTrainedModel):
         trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.vqrae.parameters())
         with torch.set_grad_enabled(trainable):
             feats = self.vqrae.encode(pixel_values.to(device=vq_param.device, dtype=vq_param.dtype))
+        return self.project_features(feats)
+
+    def project_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """(M, gh*gw, feature_dim) VQRAE features -> (M, num_image_features, hidden): merged, then projected."""
+        return self._project(merge_features(feats, self.config.grid_size, self.config.feature_merge))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
         proj = next(self.projector.parameters())
-        return self.projector(feats.to(device=proj.device, dtype=proj.dtype))
+        return self.projector(x.to(device=proj.device, dtype=proj.dtype))
 
     def embed(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
@@ -282,8 +306,8 @@ class UnifiedModel(PreTrainedModel):
                     and any(p.requires_grad for p in self.projector.parameters())):
                 # A batch without images (text-to-image records) still gives the projector a (zero) gradient: under
                 # DDP/ZeRO every process must reduce the same parameters, whatever its batch held (as LLaVA does).
-                proj = next(self.projector.parameters())
-                dummy = self.projector(torch.zeros(1, self.config.feature_dim, device=proj.device, dtype=proj.dtype))
+                s = self.config.feature_merge
+                dummy = self._project(torch.zeros(1, s * s * self.config.feature_dim))
                 embeds = embeds + 0.0 * dummy.sum().to(embeds.dtype)
             return embeds
         if self.config.image_input == "codes" and image_features is None:
@@ -296,8 +320,7 @@ class UnifiedModel(PreTrainedModel):
             image_features = emb(image_codes.reshape(image_codes.shape[0], -1).to(embeds.device)
                                  + self.config.code_offset)
         if image_features is None and vqrae_features is not None:
-            proj = next(self.projector.parameters())
-            image_features = self.projector(vqrae_features.to(device=proj.device, dtype=proj.dtype))
+            image_features = self.project_features(vqrae_features)
         if image_features is None:
             if pixel_values is None:
                 raise ValueError("the prompt has <image> slots but no images were given")

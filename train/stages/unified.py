@@ -58,6 +58,11 @@ class UnifiedStageConfig(TrainConfig):
     template: str = "auto"  # a new model's conversation template ("auto": the LLM tokenizer's chat template)
     projector_type: str = "mlp2x_gelu"
     code_init: Literal["projector", "mean"] = "projector"
+    # a new model's <image> position reads an s x s block of the feature grid (1: LLaVA; 2: a quarter the positions)
+    feature_merge: int = 1
+    # a new model's projector starts from the statistics of this many training images' features (centred, scaled
+    # to the text embeddings: see unified_model.projector.calibrate_projector); 0: torch's plain Linear init
+    calibrate_projector: int = 256
     # how the model reads images: features (the paper) or codes (the understanding-input ablation); null: a new
     # model reads features, a loaded one keeps its own
     image_input: Literal["features", "codes"] | None = None
@@ -96,6 +101,10 @@ class UnifiedStageConfig(TrainConfig):
             raise ValueError(f"config key 'caption_dropout': must be in [0, 1], got {self.caption_dropout}")
         if self.text_weight == 0 and self.image_weight == 0:
             raise ValueError("config keys 'text_weight' and 'image_weight' are both 0: nothing to learn")
+        if self.calibrate_projector < 0:
+            raise ValueError(f"config key 'calibrate_projector': must be >= 0 images, got {self.calibrate_projector}")
+        if self.feature_merge < 1:
+            raise ValueError(f"config key 'feature_merge': must be >= 1, got {self.feature_merge}")
         if self.max_length < 16:
             raise ValueError(f"config key 'max_length': must be >= 16, got {self.max_length}")
 
@@ -184,8 +193,13 @@ class UnifiedStage(Stage):
         else:
             model = UnifiedModel.from_llm(c.llm, c.vqrae, dtype=dtype, template=c.template,
                                           projector_type=c.projector_type, code_init=c.code_init,
-                                          image_input=c.image_input or "features")
+                                          feature_merge=c.feature_merge, image_input=c.image_input or "features")
             model.llm.config._attn_implementation = impl
+            if c.calibrate_projector and model.config.image_input == "features":
+                self._calibrate(model)
+        if c.image_input == "codes" and model.config.feature_merge != 1:
+            raise ValueError(f"config key 'image_input': {c.init} merges {model.config.feature_merge}x"
+                             f"{model.config.feature_merge} feature blocks; reading codes needs one position per code")
         if c.image_input and c.image_input != model.config.image_input:
             logger.warning("the model read images as %s; from now on it reads them as %s", model.config.image_input,
                            c.image_input)
@@ -206,6 +220,29 @@ class UnifiedStage(Stage):
         self.model = model
         self.code_range = model.config.code_range
         return model
+
+    def _calibrate(self, model) -> None:
+        """The new projector takes the feature statistics of the first source's first images that the model reads."""
+        c = self.config
+        readers = [s for s in c.sources if s.task in ("conversation", "describe")]
+        if not readers:
+            return
+        spec = dataclasses.replace(readers[0], split=readers[0].split, num=min(c.calibrate_projector,
+                                                                                 readers[0].num or c.calibrate_projector))
+        items = open_source(spec, image_size=model.processor.image_size, seed=c.seed)
+        pixels = []
+        for i in range(min(len(items), c.calibrate_projector)):
+            item = items[i]
+            if item.get("pixels") is not None and not item.get("skipped"):
+                pixels.append(item["pixels"])
+        if not pixels:
+            return
+        with torch.no_grad():
+            feats = torch.cat([model.vqrae.encode(torch.stack(pixels[i:i + 64]).to(self.device))
+                               for i in range(0, len(pixels), 64)])
+        stats = model.calibrate_projector(feats)
+        logger.info("projector calibrated on %d images of %s: mean cosine between outputs %.3f -> %.3f, radius %.3f",
+                    len(pixels), spec.label, stats["mean_cosine_before"], stats["mean_cosine_after"], stats["radius"])
 
     def param_groups(self, module: nn.Module) -> list[dict[str, Any]]:
         c = self.config
