@@ -35,10 +35,11 @@ from vqrae.train.config import CONFIG_DIR
 PROFILES = ("shapes-tiny", "shapes-tiny-p4")  # folders of configs/ with every stage's config
 # Step times of a full run of another profile on the idle 2-core machine (README), where they differ from
 # Step.expected_s (shapes-tiny's); only for the "time left" estimate.
-# p4 tokenizer stages: K = 2048, measured at 680 + 1130 s on a machine that ran the encoder in 490 s, scaled to 638.
+# p4 tokenizer stages: K = 2048, measured at 680 + 1130 s on a machine that ran the encoder in 490 s, scaled to 638;
+# align / SFT / VQA with 2x2-merged features (64 positions an image): 69 / 518 / 16 s there, scaled the same way.
 EXPECTED_S = {"shapes-tiny-p4": {"encoder": 638, "tokenizer-stage1": 885, "tokenizer-stage2": 1471,
-                                 "eval-tokenizer": 60, "unified-align": 129, "unified-sft": 746,
-                                 "eval-understanding": 32, "eval-generation": 10}}
+                                 "eval-tokenizer": 60, "unified-align": 90, "unified-sft": 675,
+                                 "eval-understanding": 21, "eval-generation": 13}}
 
 # --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).
 _TOY_UNIFIED = ["batch_size=4", "max_steps=3", "val_num=0", "save_every=0", "max_length=256", "warmup_steps=0"]

@@ -148,4 +148,8 @@ def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
     assert (s1.model.quantizer, s1.model.codebook_size) == ("patch-kmeans", 2048)
     assert load("shapes-tiny", "tokenizer-stage1").model.quantizer is None  # VQRAEConfig's default: simvq
     sft = load("shapes-tiny-p4", "unified-sft", ["init=x"])
-    assert sft.max_length >= 2 * 256 + 64 and sft.data == load("shapes-tiny", "unified-sft", ["init=x"]).data
+    # an image is read in 64 positions (2x2-merged features, set when alignment builds the model) and drawn in 256
+    # codes: a drawing after two questions about an image fits
+    assert load("shapes-tiny-p4", "unified-align", ["llm=x", "vqrae=y"]).feature_merge == 2
+    assert load("shapes-tiny", "unified-align", ["llm=x", "vqrae=y"]).feature_merge == 1
+    assert sft.max_length >= 64 + 256 + 128 and sft.data == load("shapes-tiny", "unified-sft", ["init=x"]).data
