@@ -39,7 +39,7 @@ from .loss import token_loss
 from .processing import ImageInput, UnifiedProcessor
 from .projector import build_projector, calibrate_projector, merge_features
 from .sampling_config import SamplingConfig
-from .vocab import extend_vocabulary, init_code_embeddings
+from .vocab import extend_vocabulary, init_code_embeddings, text_spread
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ class UnifiedModel(PreTrainedModel):
         """Fold the statistics of (M, N, feature_dim) VQRAE features into the fresh projector (see
         `projector.calibrate_projector`): its outputs start centred, at the text rows' spread, with the images'
         common direction removed; projector-initialised code rows are re-derived from it."""
-        text = self.llm.get_input_embeddings().weight[: self.config.code_offset].float()
-        radius = float((text - text.mean(0)).norm(dim=-1).mean())
+        radius = text_spread(self.llm.get_input_embeddings().weight[: self.config.code_offset])
         merged = merge_features(vqrae_features.float(), self.config.grid_size, self.config.feature_merge)
         stats = calibrate_projector(self.projector, merged, radius)
         if self.config.code_init == "projector" and not self._has_lora():

@@ -34,8 +34,8 @@ class ConvProjector(nn.Module):
         if flat:
             x = x.unsqueeze(1)
         m, n, _ = x.shape
-        gh, gw = self.grid if n == self.grid[0] * self.grid[1] else (1, n) if n == 1 else (None, None)
-        if gh is None:
+        gh, gw = (1, 1) if n == 1 else self.grid
+        if n != gh * gw:
             raise ValueError(f"conv_mlp projector: {n} positions do not fill its {self.grid[0]}x{self.grid[1]} grid")
         h = self.act(self.fc_in(x))
         img = h.transpose(1, 2).reshape(m, -1, gh, gw)

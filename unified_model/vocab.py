@@ -81,6 +81,12 @@ def _tables(llm) -> list[nn.Module]:
     return [emb] if head is None or head.weight is emb.weight else [emb, head]
 
 
+def text_spread(weight: torch.Tensor) -> float:
+    """Mean distance of the text rows (`weight`: the table's first rows, before the codes) from their mean."""
+    text = weight.detach().float()
+    return float((text - text.mean(0)).norm(dim=-1).mean())
+
+
 @torch.no_grad()
 def init_code_embeddings(llm, code_offset: int, vectors: torch.Tensor | None) -> None:
     """Initialise the K code rows of every embedding table.
@@ -105,6 +111,5 @@ def init_code_embeddings(llm, code_offset: int, vectors: torch.Tensor | None) ->
         else:
             v = vectors.detach().float().cpu()
             v = v - v.mean(0)
-            text_radius = (text - mean).norm(dim=-1).mean()
-            new = mean + v * (text_radius / v.norm(dim=-1).mean().clamp_min(1e-12))
+            new = mean + v * (text_spread(text) / v.norm(dim=-1).mean().clamp_min(1e-12))
         w[code_offset : code_offset + k] = new.to(device=w.device, dtype=w.dtype)

@@ -227,14 +227,16 @@ class UnifiedStage(Stage):
         readers = [s for s in c.sources if s.task in ("conversation", "describe")]
         if not readers:
             return
-        spec = dataclasses.replace(readers[0], split=readers[0].split, num=min(c.calibrate_projector,
-                                                                                 readers[0].num or c.calibrate_projector))
+        from vqrae.data.images import UnreadableImage
+
+        spec = dataclasses.replace(readers[0], num=min(c.calibrate_projector, readers[0].num or c.calibrate_projector))
         items = open_source(spec, image_size=model.processor.image_size, seed=c.seed)
         pixels = []
         for i in range(min(len(items), c.calibrate_projector)):
-            item = items[i]
-            if item.get("pixels") is not None and not item.get("skipped"):
-                pixels.append(item["pixels"])
+            try:
+                pixels.append(_pixels(items[i]))
+            except UnreadableImage:  # skipped here as the cache skips it
+                continue
         if not pixels:
             return
         with torch.no_grad():
