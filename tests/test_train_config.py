@@ -141,7 +141,9 @@ def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
         return load_config(get_stage(stage).config_class, f"{profile}/{stage}", list(overrides))
 
     tiny, p4 = load("shapes-tiny", "encoder-pretrain"), load("shapes-tiny-p4", "encoder-pretrain")
-    assert (tiny.patch_size, p4.patch_size) == (8, 4) and p4.width == tiny.width and p4.max_steps == tiny.max_steps
+    assert (tiny.patch_size, p4.patch_size) == (8, 4) and p4.width == tiny.width
+    # issue 12: p4's stage 0 trains the dense objectives, longer, so that each patch feature holds its object's shape
+    assert (tiny.dense_shape_weight, p4.dense_shape_weight) == (0.0, 3.0) and p4.max_steps == 2 * tiny.max_steps
     s1 = load("shapes-tiny-p4", "tokenizer-stage1")
     assert s1.encoder == "runs/shapes-tiny-p4/encoder/final" and s1.output_dir.startswith("runs/shapes-tiny-p4/")
     # issue 11: the p4 profile's codes are placed by a pixel head, 2,048 of them (shapes-tiny keeps SimVQ, 512)
