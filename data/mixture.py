@@ -51,10 +51,14 @@ class SourceSpec:
     turns: int = 0  # conversation records: keep this many question-answer pairs of each (0: all); which ones
     # rotates with the record, so every kind of question is still asked across the data set
     name: str = ""  # shown in logs and part of the cache key (default "data:task")
+    caption: Literal["primary", "fullest"] = "primary"  # items with several captions (ShapesWorld): the first, or
+    # the longest, which names every object's colour, shape and place (what alignment should teach the projector)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"data source task must be one of {TASKS}, got {self.task!r}")
+        if self.caption not in ("primary", "fullest"):
+            raise ValueError(f"data source {self.label}: caption must be 'primary' or 'fullest', got {self.caption!r}")
         if not self.weight > 0:
             raise ValueError(f"data source {self.label}: weight must be > 0, got {self.weight}")
         if self.num < 0 or (self.data == "shapes" and self.num == 0):
@@ -108,6 +112,9 @@ class SourceDataset(Dataset):
                                     for q in (vqa[start:] + vqa[:start])[: self.spec.followup]]
         if self.spec.task == "draw" and self.spec.context and i % 2 == 0 and item.get("conversations"):
             item["context"] = keep_turns(item["conversations"], self.spec.context, i // 2)
+        captions = item.get("captions") or (item.get("record") or {}).get("captions")
+        if self.spec.caption == "fullest" and captions:
+            item["caption"] = max(captions, key=len)
         if self.spec.task in ("t2i", "draw", "describe") and not item.get("caption"):
             item["caption"] = ""  # the collator skips and counts it (an empty caption is bad input)
         return item

@@ -37,8 +37,9 @@ PROFILES = ("shapes-tiny", "shapes-tiny-p4")  # folders of configs/ with every s
 # Step.expected_s (shapes-tiny's); only for the "time left" estimate.
 # p4 tokenizer stages: K = 2048, measured at 680 + 1130 s on a machine that ran the encoder in 490 s, scaled to 638;
 # align / SFT / VQA with 2x2-merged features (64 positions an image): 69 / 518 / 16 s there, scaled the same way.
-EXPECTED_S = {"shapes-tiny-p4": {"encoder": 638, "tokenizer-stage1": 885, "tokenizer-stage2": 1471,
-                                 "eval-tokenizer": 60, "unified-align": 90, "unified-sft": 675,
+# Stage 0 with the dense objectives, 1,000 steps: 948 s on the 490-s machine; SFT at 460 steps.
+EXPECTED_S = {"shapes-tiny-p4": {"encoder": 1230, "tokenizer-stage1": 885, "tokenizer-stage2": 1471,
+                                 "eval-tokenizer": 60, "unified-align": 90, "unified-sft": 625,
                                  "eval-understanding": 21, "eval-generation": 13}}
 
 # --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).

@@ -311,3 +311,21 @@ def test_bench_cache_times_both_arms_and_writes_the_ratio(aligned, tmp_path, cap
     assert r["step_s"]["cached"] > 0 and r["step_s"]["recomputed"] > 0 and r["speedup"] > 0
     assert list((tmp_path / "c").glob("codes-*"))  # the cached arm really read a cache
     assert "with the cache" in capsys.readouterr().out
+
+
+def test_describe_source_can_answer_with_the_fullest_caption():
+    """`caption: fullest` answers a describe record with the item's longest caption (every object's colour, shape
+    and place), `primary` with its first; a bad value is a one-line error naming the source."""
+    from vqrae.data.mixture import SourceSpec, open_source
+
+    primary = open_source(SourceSpec(task="describe", data="shapes", num=6), image_size=32)
+    fullest = open_source(SourceSpec(task="describe", data="shapes", num=6, caption="fullest"), image_size=32)
+    longer = 0
+    for i in range(6):
+        caps = primary[i]["record"]["captions"]
+        assert primary[i]["caption"] == caps[0] and fullest[i]["caption"] == max(caps, key=len)
+        assert all(o["color"] in fullest[i]["caption"] for o in fullest[i]["record"]["objects"])
+        longer += len(fullest[i]["caption"]) > len(primary[i]["caption"])
+    assert longer > 0
+    with pytest.raises(ValueError, match="shapes:describe: caption must be"):
+        SourceSpec(task="describe", data="shapes", num=6, caption="longest")
