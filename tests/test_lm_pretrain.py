@@ -39,3 +39,29 @@ def test_lm_pretrain_exports_a_plain_causal_lm_with_its_chat_template(tmp_path):
     um = vqrae.UnifiedModel.from_llm(str(final), vqrae.VQRAE(tiny_vqrae_config()))
     assert um.config.template == "auto" and um.processor.template.render(msgs) == get_template("chatml").render(msgs)
     assert isinstance(um.chat([msgs[0]], max_new_tokens=3), str)
+
+
+def test_scene_context_puts_the_fullest_caption_where_the_image_was():
+    """`scene_context: caption`: the conversation document reads the scene's description (every object's colour
+    and shape) before the first question, so its answers can be read off the context; `none` leaves the image out."""
+    import pytest
+
+    from vqrae.data.readers import ShapesDataset
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.train.stages.lm_pretrain import LMPretrainConfig, documents
+
+
+    class Template:
+        def apply_chat_template(self, messages, tokenize=False):
+            return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+    item = ShapesDataset(1, ShapesConfig(size=32), seed=0, split="train", size=32)[0]
+    record = item["record"]
+    fullest = max(record["captions"], key=len)
+    with_scene = documents(item, Template(), "caption")[-1]
+    without = documents(item, Template(), "none")[-1]
+    assert with_scene.startswith(f"user: {fullest}\n") and fullest not in without
+    assert all(o["color"] in with_scene.split("\n")[0] for o in record["objects"])
+    assert "<image>" not in with_scene and with_scene.replace(f"{fullest}\n", "", 1) == without
+    with pytest.raises(ValueError, match="scene_context"):
+        LMPretrainConfig(output_dir="x", scene_context="image")

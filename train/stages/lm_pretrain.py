@@ -10,6 +10,11 @@ its chat template.
 Text: every record gives its captions as plain documents and its VQA conversation (the `<image>` placeholder
 removed: the LM sees no pixels yet) rendered with the chat template. Documents end with EOS and are packed into
 blocks of `max_length` tokens (no padding at all); the loss is next-token prediction on every token.
+
+`scene_context: caption` puts the scene's fullest caption (every object's colour, shape and place) where the image
+was. Without it, every answer in the corpus comes from nowhere ("What color is the cross?" -> a colour guessed from
+the question alone), so the stand-in LM learns the language prior and no in-context reading, which any downloaded
+LLM has and which the unified model needs: its image features stand where that description stood.
 """
 
 from __future__ import annotations
@@ -48,25 +53,31 @@ class LMPretrainConfig(TrainConfig):
     max_length: int = 128  # tokens per packed block
     vocab_size: int = 1000  # upper bound for the BPE vocabulary
     tokenizer_corpus: int = 5000  # records whose text trains the tokenizer
+    scene_context: Literal["none", "caption"] = "none"  # what stands for the image in a conversation (see above)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"config keys 'hidden_size'/'num_heads'/'num_kv_heads': {self.hidden_size} must divide "
                              f"by {self.num_heads} heads, which must divide by {self.num_kv_heads} kv heads")
+        if self.scene_context not in ("none", "caption"):
+            raise ValueError(f"config key 'scene_context': must be 'none' or 'caption', got {self.scene_context!r}")
         if self.max_length < 8:
             raise ValueError(f"config key 'max_length': must be >= 8, got {self.max_length}")
 
 
-def documents(item: dict, tokenizer) -> list[str]:
-    """The texts one record gives: its captions, then its conversation in the chat template (no image)."""
+def documents(item: dict, tokenizer, scene_context: str = "none") -> list[str]:
+    """The texts one record gives: its captions, then its conversation in the chat template, the image left out
+    (`scene_context="none"`) or replaced by the record's fullest caption (`"caption"`)."""
     record = item.get("record") or item
-    docs = list(record.get("captions") or ([item["caption"]] if item.get("caption") else []))
+    captions = list(record.get("captions") or ([item["caption"]] if item.get("caption") else []))
+    docs = list(captions)
+    scene = max(captions, key=len) if scene_context == "caption" and captions else ""
     turns = record.get("conversations") or []
     if turns:
         roles = {"human": "user", "gpt": "assistant"}
-        messages = [{"role": roles.get(t["from"], t["from"]), "content": t["value"].replace("<image>", "").strip()}
-                    for t in turns]
+        messages = [{"role": roles.get(t["from"], t["from"]),
+                     "content": t["value"].replace("<image>", scene).strip()} for t in turns]
         docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return docs
 
@@ -74,10 +85,10 @@ def documents(item: dict, tokenizer) -> list[str]:
 class PackedText(Dataset):
     """Documents tokenized, each ended by EOS, concatenated and cut into blocks of `length` tokens."""
 
-    def __init__(self, items: Dataset, tokenizer, length: int):
+    def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none"):
         ids: list[int] = []
         for i in range(len(items)):
-            for doc in documents(items[i], tokenizer):
+            for doc in documents(items[i], tokenizer, scene_context):
                 ids.extend(tokenizer(doc, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
         self.blocks = torch.tensor(ids[: len(ids) // length * length], dtype=torch.long).view(-1, length)
         if len(self.blocks) == 0:
@@ -150,7 +161,8 @@ class LMPretrainStage(Stage):
 
     def train_dataset(self) -> Dataset:
         if self._train is None:
-            self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length)
+            self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length,
+                                     self.config.scene_context)
         return self._train
 
     def collate(self, samples: list[torch.Tensor]) -> dict:
@@ -165,7 +177,8 @@ class LMPretrainStage(Stage):
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         """Held-out perplexity, and how often the greedy next token is right."""
         if self._val is None:
-            self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length)
+            self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length,
+                                   self.config.scene_context)
         llm = unwrap(model)
         losses, right, total = [], 0, 0
         for start in range(0, len(self._val), self.config.batch_size):
