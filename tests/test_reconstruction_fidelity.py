@@ -146,20 +146,26 @@ def test_dense_targets_follow_the_masks(scenes):
         dense_targets(records[0], 32)
 
 
-def test_dense_head_learns_pixel_classes_from_patch_features(scenes):
-    """The stage-0 dense objective: its loss is part of the step and falls when only it is trained."""
+def _tiny_pretrainer(*dense_weights: float):
+    """A one-layer SigLIP (8-px patches, 64 px) in the stage-0 pretrainer, with the given dense weights."""
     from transformers import SiglipConfig, SiglipModel
 
-    from vqrae.train.stages.encoder_pretrain import SiglipPretrainer, dense_targets
+    from vqrae.train.stages.encoder_pretrain import SiglipPretrainer
 
-    pixels, records = scenes
-    torch.manual_seed(0)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
                   patch_size=8)
     text = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 max_position_embeddings=8)
-    model = SiglipPretrainer(SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), 8, 1.0, 1.0)
-    plain = SiglipPretrainer(SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), 8)
+    return SiglipPretrainer(SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), 8, *dense_weights)
+
+
+def test_dense_head_learns_pixel_classes_from_patch_features(scenes):
+    """The stage-0 dense objective: its loss is part of the step and falls when only it is trained."""
+    from vqrae.train.stages.encoder_pretrain import dense_targets
+
+    pixels, records = scenes
+    torch.manual_seed(0)
+    model, plain = _tiny_pretrainer(1.0, 1.0), _tiny_pretrainer()
     assert plain.dense_head is None
     maps = [dense_targets(r, 64) for r in records]
     shape, colour = torch.stack([m[0] for m in maps]), torch.stack([m[1] for m in maps])
@@ -180,17 +186,11 @@ def test_dense_head_learns_pixel_classes_from_patch_features(scenes):
 def test_dense_shape_term_reads_object_pixels_only(scenes):
     """The shape term scores object pixels alone: background pixels marked ignored (-1) give the same term as
     background marked 0; the colour term keeps the background as a class."""
-    from transformers import SiglipConfig, SiglipModel
-
-    from vqrae.train.stages.encoder_pretrain import SiglipPretrainer, dense_targets
+    from vqrae.train.stages.encoder_pretrain import dense_targets
 
     pixels, records = scenes
     torch.manual_seed(0)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=64,
-                  patch_size=8)
-    text = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                max_position_embeddings=8)
-    model = SiglipPretrainer(SiglipModel(SiglipConfig(text_config=text, vision_config=vision)), 8, 1.0, 1.0).eval()
+    model = _tiny_pretrainer(1.0, 1.0).eval()
     maps = [dense_targets(r, 64) for r in records]
     shape, colour = torch.stack([m[0] for m in maps]), torch.stack([m[1] for m in maps])
     ids, pos = torch.randint(0, 50, (N, 8)), torch.eye(N, dtype=torch.bool)
