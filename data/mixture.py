@@ -30,7 +30,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from vqrae.data.records import IMAGE_TOKEN
-from vqrae.data.shapes_text import SHORT_ANSWER
+from vqrae.data.shapes_text import SHORT_ANSWER, fullest_caption
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,8 @@ class SourceDataset(Dataset):
                                     for q in (vqa[start:] + vqa[:start])[: self.spec.followup]]
         if self.spec.task == "draw" and self.spec.context and i % 2 == 0 and item.get("conversations"):
             item["context"] = keep_turns(item["conversations"], self.spec.context, i // 2)
-        captions = item.get("captions") or (item.get("record") or {}).get("captions")
-        if self.spec.caption == "fullest" and captions:
-            item["caption"] = max(captions, key=len)
+        if self.spec.caption == "fullest" and (fullest := fullest_caption(item)):
+            item["caption"] = fullest
         if self.spec.task in ("t2i", "draw", "describe") and not item.get("caption"):
             item["caption"] = ""  # the collator skips and counts it (an empty caption is bad input)
         return item

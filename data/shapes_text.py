@@ -89,6 +89,13 @@ def captions_for(objects: list[dict], background: str, record: dict, tag: str, s
     return list(dict.fromkeys(caps))
 
 
+def fullest_caption(item: dict) -> str | None:
+    """The longest of an item's captions (its own `captions`, else its ShapesWorld record's), which names every
+    object's colour, shape and place; else its `caption` (None when it has none)."""
+    caps = item.get("captions") or (item.get("record") or {}).get("captions")
+    return max(caps, key=len) if caps else item.get("caption")
+
+
 def _qa(question: str, answer: str, kind: str, pope: str | None = None, choices: list[str] | None = None) -> dict:
     return {"question": question, "answer": answer, "type": kind, "pope": pope, "choices": choices or []}
 

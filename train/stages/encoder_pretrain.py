@@ -74,9 +74,10 @@ class EncoderPretrainConfig(TrainConfig):
 
 
 def caption_of(item: dict) -> str:
-    """The most descriptive caption of an item: the longest of its ShapesWorld captions, else its caption."""
-    caps = item.get("captions") or (item.get("record") or {}).get("captions")
-    return max(caps, key=len) if caps else item["caption"]
+    """The most descriptive caption of an item (`fullest_caption`); an item without one is a KeyError."""
+    from vqrae.data.shapes_text import fullest_caption
+
+    return fullest_caption(item) or item["caption"]
 
 
 def corpus_of(item: dict) -> list[str]:

@@ -69,10 +69,11 @@ class LMPretrainConfig(TrainConfig):
 def documents(item: dict, tokenizer, scene_context: str = "none") -> list[str]:
     """The texts one record gives: its captions, then its conversation in the chat template, the image left out
     (`scene_context="none"`) or replaced by the record's fullest caption (`"caption"`)."""
+    from vqrae.data.shapes_text import fullest_caption
+
     record = item.get("record") or item
-    captions = list(record.get("captions") or ([item["caption"]] if item.get("caption") else []))
-    docs = list(captions)
-    scene = max(captions, key=len) if scene_context == "caption" and captions else ""
+    docs = list(record.get("captions") or ([item["caption"]] if item.get("caption") else []))
+    scene = (fullest_caption(item) or "") if scene_context == "caption" else ""
     turns = record.get("conversations") or []
     if turns:
         roles = {"human": "user", "gpt": "assistant"}
