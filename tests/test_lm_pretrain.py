@@ -3,6 +3,7 @@ folder (model, tokenizer, chat template) that later stages take as `llm=PATH` li
 
 from __future__ import annotations
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 import vqrae
@@ -51,17 +52,45 @@ def test_scene_context_puts_the_fullest_caption_where_the_image_was():
     from vqrae.train.stages.lm_pretrain import LMPretrainConfig, documents
 
 
-    class Template:
-        def apply_chat_template(self, messages, tokenize=False):
-            return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
     item = ShapesDataset(1, ShapesConfig(size=32), seed=0, split="train", size=32)[0]
     record = item["record"]
     fullest = max(record["captions"], key=len)
-    with_scene = documents(item, Template(), "caption")[-1]
-    without = documents(item, Template(), "none")[-1]
-    assert with_scene.startswith(f"user: {fullest}\n") and fullest not in without
-    assert all(o["color"] in with_scene.split("\n")[0] for o in record["objects"])
+    text = lambda segments: "".join(t for t, _ in segments)
+    with_scene = text(documents(item, "<eos>", "caption")[-1])
+    without = text(documents(item, "<eos>", "none")[-1])
+    assert with_scene.startswith(f"<|im_start|>user\n{fullest}\n") and fullest not in without
+    assert all(o["color"] in with_scene.split("\n")[1] for o in record["objects"])
     assert "<image>" not in with_scene and with_scene.replace(f"{fullest}\n", "", 1) == without
     with pytest.raises(ValueError, match="scene_context"):
         LMPretrainConfig(output_dir="x", scene_context="image")
+
+
+def test_loss_on_answers_scores_captions_and_replies_only(tmp_path):
+    """`loss_on: answers`: in a conversation only the assistant's replies (and their end marker) are targets; the
+    questions and the chat markers are context. Captions stay targets throughout; `all` scores every token."""
+    import pytest
+
+    from vqrae.data.readers import ShapesDataset
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.train.stages.lm_pretrain import LMPretrainConfig, PackedText
+
+    out = tmp_path / "lm"
+    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=40",
+                 "val_num=8", "hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1",
+                 "intermediate_size=64", "max_length=64", "vocab_size=400", "tokenizer_corpus=40", "max_steps=1",
+                 "batch_size=2", "eval_every=0", "save_every=0", "loss_on=answers"]) == 0
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    items = ShapesDataset(4, ShapesConfig(size=32), seed=0, split="train", size=32)
+    answers = PackedText(items, tok, 1024, "caption", "answers")  # one block: record 0 whole
+    every = PackedText(items, tok, 1024, "caption", "all")
+    assert torch.equal(answers.blocks, every.blocks) and bool(every.scored.all())
+    scored = tok.decode(answers.blocks[0][answers.scored[0]])
+    context = tok.decode(answers.blocks[0][~answers.scored[0]])
+    record = items[0]["record"]
+    replies = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+    assert record["captions"][0] in scored and all(r in scored for r in replies)
+    assert "<|im_end|>" in scored and "<|im_start|>" not in scored and "assistant" not in scored
+    question = record["conversations"][0]["value"].split("\n")[-1]
+    assert question in context and question not in scored
+    with pytest.raises(ValueError, match="loss_on"):
+        LMPretrainConfig(output_dir="x", loss_on="questions")

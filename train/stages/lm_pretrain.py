@@ -9,7 +9,9 @@ its chat template.
 
 Text: every record gives its captions as plain documents and its VQA conversation (the `<image>` placeholder
 removed: the LM sees no pixels yet) rendered with the chat template. Documents end with EOS and are packed into
-blocks of `max_length` tokens (no padding at all); the loss is next-token prediction on every token.
+blocks of `max_length` tokens (no padding at all); the loss is next-token prediction on every token, or with
+`loss_on: answers` on the captions and the conversations' replies only (the questions and the chat boilerplate are
+most of a conversation's tokens and are not what a reader must learn).
 
 `scene_context: caption` puts the scene's fullest caption (every object's colour, shape and place) where the image
 was. Without it, every answer in the corpus comes from nowhere ("What color is the cross?" -> a colour guessed from
@@ -54,6 +56,7 @@ class LMPretrainConfig(TrainConfig):
     vocab_size: int = 1000  # upper bound for the BPE vocabulary
     tokenizer_corpus: int = 5000  # records whose text trains the tokenizer
     scene_context: Literal["none", "caption"] = "none"  # what stands for the image in a conversation (see above)
+    loss_on: Literal["all", "answers"] = "all"  # conversations scored on every token, or on the replies only
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,45 +65,68 @@ class LMPretrainConfig(TrainConfig):
                              f"by {self.num_heads} heads, which must divide by {self.num_kv_heads} kv heads")
         if self.scene_context not in ("none", "caption"):
             raise ValueError(f"config key 'scene_context': must be 'none' or 'caption', got {self.scene_context!r}")
+        if self.loss_on not in ("all", "answers"):
+            raise ValueError(f"config key 'loss_on': must be 'all' or 'answers', got {self.loss_on!r}")
         if self.max_length < 8:
             raise ValueError(f"config key 'max_length': must be >= 8, got {self.max_length}")
 
 
-def documents(item: dict, tokenizer, scene_context: str = "none") -> list[str]:
-    """The texts one record gives: its captions, then its conversation in the chat template, the image left out
-    (`scene_context="none"`) or replaced by the record's fullest caption (`"caption"`)."""
+def documents(item: dict, eos: str, scene_context: str = "none") -> list[list[tuple[str, bool]]]:
+    """The texts one record gives, each as `(text, is_answer)` segments: its captions (one segment each, an answer
+    throughout), then its conversation in the chat template (the assistant's replies and their end marker are the
+    answers), the image left out (`scene_context="none"`) or replaced by the record's fullest caption
+    (`"caption"`)."""
     from vqrae.data.shapes_text import fullest_caption
+    from vqrae.unified_model.templates import get_template
 
     record = item.get("record") or item
-    docs = list(record.get("captions") or ([item["caption"]] if item.get("caption") else []))
+    docs = [[(c, True)] for c in record.get("captions") or ([item["caption"]] if item.get("caption") else [])]
     scene = (fullest_caption(item) or "") if scene_context == "caption" else ""
     turns = record.get("conversations") or []
     if turns:
         roles = {"human": "user", "gpt": "assistant"}
         messages = [{"role": roles.get(t["from"], t["from"]),
                      "content": t["value"].replace("<image>", scene).strip()} for t in turns]
-        docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
+        docs.append(get_template("chatml").segments(messages, eos=eos))  # = the tokenizer's chat template
     return docs
 
 
 class PackedText(Dataset):
-    """Documents tokenized, each ended by EOS, concatenated and cut into blocks of `length` tokens."""
+    """Documents tokenized as a whole, each ended by EOS, concatenated and cut into blocks of `length` tokens, with
+    a mask of the tokens the loss reads: every token (`loss_on="all"`), or in conversations only the answers'
+    (`"answers"`, as chat fine-tuning scores them; captions stay scored throughout)."""
 
-    def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none"):
+    def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none", loss_on: str = "all"):
         ids: list[int] = []
+        scored: list[bool] = []
         for i in range(len(items)):
-            for doc in documents(items[i], tokenizer, scene_context):
-                ids.extend(tokenizer(doc, add_special_tokens=False).input_ids + [tokenizer.eos_token_id])
-        self.blocks = torch.tensor(ids[: len(ids) // length * length], dtype=torch.long).view(-1, length)
+            for segments in documents(items[i], tokenizer.eos_token, scene_context):
+                text = "".join(t for t, _ in segments)
+                spans, start = [], 0
+                for t, answer in segments:
+                    if answer:
+                        spans.append((start, start + len(t)))
+                    start += len(t)
+                enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids.extend(enc.input_ids + [tokenizer.eos_token_id])
+                if loss_on == "all":
+                    scored.extend([True] * (len(enc.input_ids) + 1))
+                else:  # a token is an answer's when it ends inside an answer span (offsets may include a space)
+                    scored.extend([any(a < e <= b for a, b in spans) for _, e in enc.offset_mapping]
+                                  + [len(segments) == 1 and segments[0][1]])
+        n = len(ids) // length * length
+        self.blocks = torch.tensor(ids[:n], dtype=torch.long).view(-1, length)
+        self.scored = torch.tensor(scored[:n], dtype=torch.bool).view(-1, length)
         if len(self.blocks) == 0:
             raise ValueError(f"the text holds {len(ids)} tokens, fewer than one block of {length}")
-        logger.info("packed %d tokens into %d blocks of %d", len(ids), len(self.blocks), length)
+        logger.info("packed %d tokens into %d blocks of %d (%.0f%% scored)", len(ids), len(self.blocks), length,
+                    100 * self.scored.float().mean().item())
 
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.blocks[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.blocks[i], self.scored[i]
 
 
 class LMPretrainStage(Stage):
@@ -163,12 +189,13 @@ class LMPretrainStage(Stage):
     def train_dataset(self) -> Dataset:
         if self._train is None:
             self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length,
-                                     self.config.scene_context)
+                                     self.config.scene_context, self.config.loss_on)
         return self._train
 
-    def collate(self, samples: list[torch.Tensor]) -> dict:
-        ids = torch.stack(samples)
-        return {"input_ids": ids, "labels": ids}
+    def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+        ids = torch.stack([ids for ids, _ in samples])
+        scored = torch.stack([scored for _, scored in samples])
+        return {"input_ids": ids, "labels": ids.masked_fill(~scored, -100)}
 
     def loss(self, model: nn.Module, batch: dict, step: int):
         out = model(input_ids=batch["input_ids"], labels=batch["labels"])
@@ -176,10 +203,10 @@ class LMPretrainStage(Stage):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        """Held-out perplexity, and how often the greedy next token is right."""
+        """Held-out perplexity, and how often the greedy next token is right (on the scored tokens)."""
         if self._val is None:
             self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length,
-                                   self.config.scene_context)
+                                   self.config.scene_context, self.config.loss_on)
         llm = unwrap(model)
         losses, right, total = [], 0, 0
         for start in range(0, len(self._val), self.config.batch_size):
@@ -187,9 +214,9 @@ class LMPretrainStage(Stage):
                                                                                         len(self._val)))]))
             out = llm(input_ids=batch["input_ids"], labels=batch["labels"])
             losses.append(float(out.loss))
-            pred = out.logits[:, :-1].argmax(-1)
-            right += int((pred == batch["input_ids"][:, 1:]).sum())
-            total += pred.numel()
+            pred, target = out.logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
+            right += int(((pred == target) & (target != -100)).sum())
+            total += int((target != -100).sum())
         loss = sum(losses) / len(losses)
         return {"loss": loss, "perplexity": float(torch.tensor(loss).exp()), "next_token_acc": right / total}
 
