@@ -39,7 +39,7 @@ PROFILES = ("shapes-tiny", "shapes-tiny-p4")  # folders of configs/ with every s
 # align / SFT / VQA with 2x2-merged features (64 positions an image): 69 / 518 / 16 s there, scaled the same way.
 # Stage 0 with the dense objectives, 1,000 steps: 948 s on the 490-s machine; SFT at 460 steps.
 EXPECTED_S = {"shapes-tiny-p4": {"encoder": 1230, "tokenizer-stage1": 885, "tokenizer-stage2": 1471,
-                                 "eval-tokenizer": 60, "unified-align": 90, "unified-sft": 625,
+                                 "eval-tokenizer": 60, "lm": 430, "unified-align": 125, "unified-sft": 330,
                                  "eval-understanding": 21, "eval-generation": 13}}
 
 # --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).

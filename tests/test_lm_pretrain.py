@@ -94,3 +94,27 @@ def test_loss_on_answers_scores_captions_and_replies_only(tmp_path):
     assert question in context and question not in scored
     with pytest.raises(ValueError, match="loss_on"):
         LMPretrainConfig(output_dir="x", loss_on="questions")
+
+
+def test_lm_lookup_asks_each_question_after_the_scene_and_scores_exact_answers(tmp_path):
+    """eval.lm_lookup: the question follows the scene's fullest caption (or nothing, for the prior); a reply is
+    right only when it is the answer; an LM folder is read end to end."""
+    from vqrae.eval.lm_lookup import lm_lookup, lookup_prompts, score
+
+    prompts = lookup_prompts(3)
+    bare = lookup_prompts(3, scene=False)
+    assert len(prompts) == len(bare) > 3 and {p["type"] for p in prompts} <= {"count", "color", "shape", "exist",
+                                                                               "position"}
+    first = prompts[0]["messages"][0]["content"]
+    assert first.endswith(bare[0]["messages"][0]["content"]) and len(first) > len(bare[0]["messages"][0]["content"])
+    right = score([p["answer"].upper() + "." for p in prompts], prompts)
+    assert right["overall"] == 1.0
+    wrong = score(["zebra"] * len(prompts), prompts)
+    assert wrong["overall"] == 0.0 and set(wrong) == set(right)
+    out = tmp_path / "lm"
+    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=20",
+                 "val_num=4", "hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1",
+                 "intermediate_size=64", "max_length=64", "vocab_size=400", "tokenizer_corpus=20", "max_steps=1",
+                 "batch_size=2", "eval_every=0", "save_every=0"]) == 0
+    measured = lm_lookup(str(out / "final"), num_scenes=2, max_new_tokens=2)
+    assert set(measured) >= {"overall"} and all(0 <= v <= 1 for v in measured.values())

@@ -155,3 +155,12 @@ def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
     assert load("shapes-tiny-p4", "unified-align", ["llm=x", "vqrae=y"]).feature_merge == 2
     assert load("shapes-tiny", "unified-align", ["llm=x", "vqrae=y"]).feature_merge == 1
     assert sft.max_length >= 64 + 256 + 128 and sft.data == load("shapes-tiny", "unified-sft", ["init=x"]).data
+    # issue 12: p4's stand-in LM learns to read its context (a scene caption before each conversation, replies
+    # scored, one conversation per block, the lower lr at which the lookup forms); alignment reads conversations too
+    lm, tiny_lm = load("shapes-tiny-p4", "lm-pretrain"), load("shapes-tiny", "lm-pretrain")
+    assert (lm.scene_context, lm.loss_on, tiny_lm.scene_context, tiny_lm.loss_on) == ("caption", "answers", "none",
+                                                                                      "all")
+    assert lm.max_length >= 320 and lm.lr < tiny_lm.lr and lm.hidden_size == tiny_lm.hidden_size
+    align = load("shapes-tiny-p4", "unified-align", ["llm=x", "vqrae=y"])
+    assert {s.task for s in align.sources} == {"describe", "conversation"} and align.max_length >= 64 + 250
+    assert sft.lr < load("shapes-tiny", "unified-sft", ["init=x"]).lr

@@ -57,6 +57,7 @@ class LMPretrainConfig(TrainConfig):
     tokenizer_corpus: int = 5000  # records whose text trains the tokenizer
     scene_context: Literal["none", "caption"] = "none"  # what stands for the image in a conversation (see above)
     loss_on: Literal["all", "answers"] = "all"  # conversations scored on every token, or on the replies only
+    caption_documents: bool = True  # each caption also as a document of its own
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,7 +72,7 @@ class LMPretrainConfig(TrainConfig):
             raise ValueError(f"config key 'max_length': must be >= 8, got {self.max_length}")
 
 
-def documents(item: dict, eos: str, scene_context: str = "none") -> list[list[tuple[str, bool]]]:
+def documents(item: dict, eos: str, scene_context: str = "none", captions: bool = True) -> list[list[tuple[str, bool]]]:
     """The texts one record gives, each as `(text, is_answer)` segments: its captions (one segment each, an answer
     throughout), then its conversation in the chat template (the assistant's replies and their end marker are the
     answers), the image left out (`scene_context="none"`) or replaced by the record's fullest caption
@@ -81,6 +82,7 @@ def documents(item: dict, eos: str, scene_context: str = "none") -> list[list[tu
 
     record = item.get("record") or item
     docs = [[(c, True)] for c in record.get("captions") or ([item["caption"]] if item.get("caption") else [])]
+    docs = docs if captions else []
     scene = (fullest_caption(item) or "") if scene_context == "caption" else ""
     turns = record.get("conversations") or []
     if turns:
@@ -96,11 +98,12 @@ class PackedText(Dataset):
     a mask of the tokens the loss reads: every token (`loss_on="all"`), or in conversations only the answers'
     (`"answers"`, as chat fine-tuning scores them; captions stay scored throughout)."""
 
-    def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none", loss_on: str = "all"):
+    def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none", loss_on: str = "all",
+                 captions: bool = True):
         ids: list[int] = []
         scored: list[bool] = []
         for i in range(len(items)):
-            for segments in documents(items[i], tokenizer.eos_token, scene_context):
+            for segments in documents(items[i], tokenizer.eos_token, scene_context, captions):
                 text = "".join(t for t, _ in segments)
                 spans, start = [], 0
                 for t, answer in segments:
@@ -189,7 +192,7 @@ class LMPretrainStage(Stage):
     def train_dataset(self) -> Dataset:
         if self._train is None:
             self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length,
-                                     self.config.scene_context, self.config.loss_on)
+                                     self.config.scene_context, self.config.loss_on, self.config.caption_documents)
         return self._train
 
     def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
@@ -206,7 +209,7 @@ class LMPretrainStage(Stage):
         """Held-out perplexity, and how often the greedy next token is right (on the scored tokens)."""
         if self._val is None:
             self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length,
-                                   self.config.scene_context, self.config.loss_on)
+                                   self.config.scene_context, self.config.loss_on, self.config.caption_documents)
         llm = unwrap(model)
         losses, right, total = [], 0, 0
         for start in range(0, len(self._val), self.config.batch_size):
