@@ -45,7 +45,14 @@ from transformers.processing_utils import ProcessorMixin
 
 from .configuration import UnifiedConfig
 from .image_processing import VQRAEImageProcessor, flatten_images, image_to_pixels
-from .templates import AUTO, AUTO_FALLBACK, has_chat_template, resolve_template
+from .templates import (
+    AUTO,
+    AUTO_FALLBACK,
+    has_chat_template,
+    join_segments,
+    resolve_template,
+    tokens_in_spans,
+)
 from .vocab import BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN, UNCOND_TOKEN
 
 ImageInput = Image.Image | str | os.PathLike | bytes | np.ndarray | torch.Tensor
@@ -264,12 +271,6 @@ class UnifiedProcessor(ProcessorMixin):
                 return ids, offsets, borders
             applied |= straddled
 
-    @staticmethod
-    def _overlaps(offsets: list[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[bool]:
-        """Per token: whether its span overlaps one of `spans` (character ranges [a, b)). A span that GPT-2's
-        `trim_offsets` emptied (a run of spaces) lies at the end of the spaces it stands for."""
-        return [any((s < b and e > a) if e > s else a < s <= b for a, b in spans) for s, e in offsets]
-
     def _bos(self) -> list[int]:
         if self.template.add_bos:
             if self.tokenizer.bos_token_id is None:
@@ -338,11 +339,7 @@ class UnifiedProcessor(ProcessorMixin):
         A message writes a drawing as `<boi>` alone: the codes and `<eoi>` come from `drawings`.
         """
         segments = self.template.segments(list(messages), add_generation_prompt, self.eos)
-        text, spans = "", []
-        for piece, is_target in segments:
-            if is_target:
-                spans.append((len(text), len(text) + len(piece)))
-            text += piece
+        text, spans = join_segments(segments)
         ids, offsets, borders = self._tokenize_whole(text, cuts=[a for a, _ in spans])
         # A reply's tokens: from the token border at its start (exact, whatever the offsets) to the first token
         # that begins at or after its end (the end marker, a special token, ends it exactly in every template).
@@ -419,7 +416,7 @@ class UnifiedProcessor(ProcessorMixin):
         ids, offsets = self._tokens(text)
         if mode == "pad":
             pad = self.config.pad_token_id
-            ids = [pad if in_caption else t for t, in_caption in zip(ids, self._overlaps(offsets, spans))]
+            ids = [pad if in_caption else t for t, in_caption in zip(ids, tokens_in_spans(offsets, spans))]
         elif mode == "learned" and ids.count(self.config.uncond_token_id) != len(spans):
             raise ValueError(f"{UNCOND_TOKEN} does not tokenize to uncond_token_id={self.config.uncond_token_id}")
         return self._bos() + ids + [self.config.boi_token_id]

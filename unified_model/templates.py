@@ -131,6 +131,22 @@ class ConversationTemplate:
 TEMPLATES: dict[str, ConversationTemplate] = {}
 
 
+def join_segments(segments: list[tuple[str, bool]]) -> tuple[str, list[tuple[int, int]]]:
+    """`(text, is_target)` segments -> the whole text and its targets' character ranges [a, b)."""
+    text, spans = "", []
+    for piece, is_target in segments:
+        if is_target:
+            spans.append((len(text), len(text) + len(piece)))
+        text += piece
+    return text, spans
+
+
+def tokens_in_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """Per token (character offsets from a fast tokenizer): whether it overlaps one of `spans`. A span that GPT-2's
+    `trim_offsets` emptied (a run of spaces) lies at the end of the spaces it stands for."""
+    return [any((s < b and e > a) if e > s else a < s <= b for a, b in spans) for s, e in offsets]
+
+
 def register_template(template: ConversationTemplate) -> ConversationTemplate:
     if template.name == AUTO:
         raise ValueError(f"{AUTO!r} is reserved: it means the tokenizer's own chat template")

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from vqrae.unified_model.templates import join_segments, tokens_in_spans
+
 from ..config import TrainConfig
 from ..stage import Stage, unwrap
 from .common import image_text_dataset
@@ -81,8 +83,8 @@ def documents(item: dict, eos: str, scene_context: str = "none", captions: bool 
     from vqrae.unified_model.templates import get_template
 
     record = item.get("record") or item
-    docs = [[(c, True)] for c in record.get("captions") or ([item["caption"]] if item.get("caption") else [])]
-    docs = docs if captions else []
+    texts = record.get("captions") or ([item["caption"]] if item.get("caption") else [])
+    docs = [[(c, True)] for c in texts] if captions else []
     scene = (fullest_caption(item) or "") if scene_context == "caption" else ""
     turns = record.get("conversations") or []
     if turns:
@@ -104,19 +106,12 @@ class PackedText(Dataset):
         scored: list[bool] = []
         for i in range(len(items)):
             for segments in documents(items[i], tokenizer.eos_token, scene_context, captions):
-                text = "".join(t for t, _ in segments)
-                spans, start = [], 0
-                for t, answer in segments:
-                    if answer:
-                        spans.append((start, start + len(t)))
-                    start += len(t)
+                text, spans = join_segments(segments)
                 enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 ids.extend(enc.input_ids + [tokenizer.eos_token_id])
-                if loss_on == "all":
-                    scored.extend([True] * (len(enc.input_ids) + 1))
-                else:  # a token is an answer's when it ends inside an answer span (offsets may include a space)
-                    scored.extend([any(a < e <= b for a, b in spans) for _, e in enc.offset_mapping]
-                                  + [len(segments) == 1 and segments[0][1]])
+                answers = tokens_in_spans(enc.offset_mapping, spans) if loss_on == "answers" else None
+                # the EOS is scored where the document ends in an answer (a caption), not after a conversation
+                scored.extend(answers + [segments[-1][1]] if answers is not None else [True] * (len(enc.input_ids) + 1))
         n = len(ids) // length * length
         self.blocks = torch.tensor(ids[:n], dtype=torch.long).view(-1, length)
         self.scored = torch.tensor(scored[:n], dtype=torch.bool).view(-1, length)
