@@ -47,6 +47,12 @@ def score(replies: list[str], prompts: list[dict]) -> dict[str, float]:
     return out
 
 
+def _until_special(ids: list[int], special: set[int]) -> list[int]:
+    """The reply: the generated ids up to the first special token (EOS, or the chat template's end of turn, which
+    `generate` does not stop at when the folder's EOS is another token)."""
+    return ids[:next((i for i, t in enumerate(ids) if t in special), len(ids))]
+
+
 @torch.no_grad()
 def lm_lookup(folder: str, num_scenes: int = 60, scene: bool = True, max_new_tokens: int = 4) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -60,7 +66,7 @@ def lm_lookup(folder: str, num_scenes: int = 60, scene: bool = True, max_new_tok
                                       return_dict=True)["input_ids"]
         out = lm.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                           pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        replies.append(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        replies.append(tok.decode(_until_special(out[0, ids.shape[1]:].tolist(), set(tok.all_special_ids))))
     return score(replies, prompts)
 
 

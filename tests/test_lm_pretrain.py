@@ -118,3 +118,40 @@ def test_lm_lookup_asks_each_question_after_the_scene_and_scores_exact_answers(t
                  "batch_size=2", "eval_every=0", "save_every=0"]) == 0
     measured = lm_lookup(str(out / "final"), num_scenes=2, max_new_tokens=2)
     assert set(measured) >= {"overall"} and all(0 <= v <= 1 for v in measured.values())
+
+
+def test_turns_per_document_asks_each_question_after_the_scene(tmp_path):
+    """`turns_per_document: 1`: every question-answer pair of a conversation is a document of its own that opens
+    with the scene's description (as VQA evaluation asks one question about an image); 0 keeps the conversation
+    whole. The BPE learns the chat template's role names, so a turn's header is one token, not one per letter."""
+    import pytest
+
+    from vqrae.data.readers import ShapesDataset
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.train.stages.lm_pretrain import LMPretrainConfig, documents
+
+    item = ShapesDataset(1, ShapesConfig(size=32), seed=0, split="train", size=32)[0]
+    record = item["record"]
+    fullest = max(record["captions"], key=len)
+    text = lambda segments: "".join(t for t, _ in segments)
+    n_captions = len(record["captions"])
+    whole = documents(item, "<eos>", "caption")[n_captions:]
+    single = documents(item, "<eos>", "caption", turns_per_document=1)[n_captions:]
+    pairs = [t for t in record["conversations"] if t["from"] == "gpt"]
+    assert len(whole) == 1 and len(single) == len(pairs) > 2
+    for doc, reply in zip(single, pairs, strict=True):
+        assert text(doc).startswith(f"<|im_start|>user\n{fullest}\n") and text(doc).count("<|im_start|>user") == 1
+        assert [t for t, answer in doc if answer] == [f"{reply['value']}<|im_end|>"]
+    assert text(single[0]) in text(whole[0]) and text(single[1]) not in text(whole[0])  # the scene again
+    assert len(documents(item, "<eos>", "caption", turns_per_document=2)[n_captions:]) == (len(pairs) + 1) // 2
+    with pytest.raises(ValueError, match="turns_per_document"):
+        LMPretrainConfig(output_dir="x", turns_per_document=-1)
+
+    out = tmp_path / "lm"
+    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=40",
+                 "val_num=8", "hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1",
+                 "intermediate_size=64", "max_length=64", "vocab_size=400", "tokenizer_corpus=40", "max_steps=1",
+                 "batch_size=2", "eval_every=0", "save_every=0", "turns_per_document=1"]) == 0
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    header = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
+    assert tok.tokenize(header)[-2:] == ["assistant", "Ċ"] and "user" in tok.tokenize(header)

@@ -161,6 +161,7 @@ def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
     assert (lm.scene_context, lm.loss_on, tiny_lm.scene_context, tiny_lm.loss_on) == ("caption", "answers", "none",
                                                                                       "all")
     assert lm.max_length >= 320 and lm.lr < tiny_lm.lr and lm.hidden_size == tiny_lm.hidden_size
+    assert (lm.turns_per_document, tiny_lm.turns_per_document) == (1, 0)  # one question per document after the scene
     align = load("shapes-tiny-p4", "unified-align", ["llm=x", "vqrae=y"])
     assert {s.task for s in align.sources} == {"describe", "conversation"} and align.max_length >= 64 + 250
     assert sft.lr < load("shapes-tiny", "unified-sft", ["init=x"]).lr

@@ -60,6 +60,7 @@ class LMPretrainConfig(TrainConfig):
     scene_context: Literal["none", "caption"] = "none"  # what stands for the image in a conversation (see above)
     loss_on: Literal["all", "answers"] = "all"  # conversations scored on every token, or on the replies only
     caption_documents: bool = True  # each caption also as a document of its own
+    turns_per_document: int = 0  # question-answer pairs per conversation document, each after the scene (0: all)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,15 +71,19 @@ class LMPretrainConfig(TrainConfig):
             raise ValueError(f"config key 'scene_context': must be 'none' or 'caption', got {self.scene_context!r}")
         if self.loss_on not in ("all", "answers"):
             raise ValueError(f"config key 'loss_on': must be 'all' or 'answers', got {self.loss_on!r}")
+        if self.turns_per_document < 0:
+            raise ValueError(f"config key 'turns_per_document': must be >= 0, got {self.turns_per_document}")
         if self.max_length < 8:
             raise ValueError(f"config key 'max_length': must be >= 8, got {self.max_length}")
 
 
-def documents(item: dict, eos: str, scene_context: str = "none", captions: bool = True) -> list[list[tuple[str, bool]]]:
+def documents(item: dict, eos: str, scene_context: str = "none", captions: bool = True,
+              turns_per_document: int = 0) -> list[list[tuple[str, bool]]]:
     """The texts one record gives, each as `(text, is_answer)` segments: its captions (one segment each, an answer
     throughout), then its conversation in the chat template (the assistant's replies and their end marker are the
     answers), the image left out (`scene_context="none"`) or replaced by the record's fullest caption
-    (`"caption"`)."""
+    (`"caption"`). `turns_per_document` > 0 cuts the conversation into documents of that many question-answer
+    pairs, each opening with the scene (as VQA evaluation asks one question about an image)."""
     from vqrae.data.shapes_text import fullest_caption
     from vqrae.unified_model.templates import get_template
 
@@ -87,12 +92,23 @@ def documents(item: dict, eos: str, scene_context: str = "none", captions: bool 
     docs = [[(c, True)] for c in texts] if captions else []
     scene = (fullest_caption(item) or "") if scene_context == "caption" else ""
     turns = record.get("conversations") or []
-    if turns:
-        roles = {"human": "user", "gpt": "assistant"}
-        messages = [{"role": roles.get(t["from"], t["from"]),
-                     "content": t["value"].replace("<image>", scene).strip()} for t in turns]
-        docs.append(get_template("chatml").segments(messages, eos=eos))  # = the tokenizer's chat template
+    roles = {"human": "user", "gpt": "assistant"}
+    messages = [{"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in turns]
+    k = 2 * turns_per_document or len(messages) or 1
+    for start in range(0, len(messages), k):
+        group = [dict(m) for m in messages[start:start + k]]
+        if start and group[0]["role"] == "user":  # a later group asks about the same image
+            group[0]["content"] = "<image>\n" + group[0]["content"].replace("<image>", "")
+        for m in group:
+            m["content"] = m["content"].replace("<image>", scene).strip()
+        docs.append(get_template("chatml").segments(group, eos=eos))  # = the tokenizer's chat template
     return docs
+
+
+def _without(text: str, markers: tuple[str, ...]) -> str:
+    for m in markers:
+        text = text.replace(m, "\n")
+    return text
 
 
 class PackedText(Dataset):
@@ -101,11 +117,11 @@ class PackedText(Dataset):
     (`"answers"`, as chat fine-tuning scores them; captions stay scored throughout)."""
 
     def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none", loss_on: str = "all",
-                 captions: bool = True):
+                 captions: bool = True, turns_per_document: int = 0):
         ids: list[int] = []
         scored: list[bool] = []
         for i in range(len(items)):
-            for segments in documents(items[i], tokenizer.eos_token, scene_context, captions):
+            for segments in documents(items[i], tokenizer.eos_token, scene_context, captions, turns_per_document):
                 text, spans = join_segments(segments)
                 enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 ids.extend(enc.input_ids + [tokenizer.eos_token_id])
@@ -155,10 +171,13 @@ class LMPretrainStage(Stage):
             template = get_template("chatml")
             n = min(self.config.tokenizer_corpus, len(self._items))
             corpus = []
-            for i in range(n):  # the chat markers are special tokens: the corpus only needs the words
+            for i in range(n):
                 record = self._items[i].get("record") or self._items[i]
                 corpus += list(record.get("captions") or [self._items[i].get("caption", "")])
-                corpus += [t["value"].replace("<image>", "") for t in record.get("conversations") or []]
+                # each conversation as the template renders it, the chat markers (special tokens) left out: the
+                # role names ("assistant") then merge into one token each, not six characters every turn
+                segments = documents({"conversations": record.get("conversations") or []}, "")
+                corpus += [_without(join_segments(s)[0], CHAT_SPECIALS) for s in segments]
             # Qwen2's byte-level pipeline: what transformers rebuilds for a qwen2 folder anyway (see text_tokenizer)
             tok = train_text_tokenizer(corpus, folder, vocab_size=self.config.vocab_size,
                                        extra_special_tokens=("<image>", *CHAT_SPECIALS), style="qwen2")
@@ -187,7 +206,8 @@ class LMPretrainStage(Stage):
     def train_dataset(self) -> Dataset:
         if self._train is None:
             self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length,
-                                     self.config.scene_context, self.config.loss_on, self.config.caption_documents)
+                                     self.config.scene_context, self.config.loss_on, self.config.caption_documents,
+                                     self.config.turns_per_document)
         return self._train
 
     def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
@@ -204,7 +224,8 @@ class LMPretrainStage(Stage):
         """Held-out perplexity, and how often the greedy next token is right (on the scored tokens)."""
         if self._val is None:
             self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length,
-                                   self.config.scene_context, self.config.loss_on, self.config.caption_documents)
+                                   self.config.scene_context, self.config.loss_on, self.config.caption_documents,
+                                     self.config.turns_per_document)
         llm = unwrap(model)
         losses, right, total = [], 0, 0
         for start in range(0, len(self._val), self.config.batch_size):
