@@ -60,13 +60,13 @@ def lm_lookup(folder: str, num_scenes: int = 60, scene: bool = True, max_new_tok
     lm = AutoModelForCausalLM.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     prompts = lookup_prompts(num_scenes, scene)
-    replies = []
+    replies, special = [], set(tok.all_special_ids)
     for p in prompts:
         ids = tok.apply_chat_template(p["messages"], add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)["input_ids"]
         out = lm.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                           pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        replies.append(tok.decode(_until_special(out[0, ids.shape[1]:].tolist(), set(tok.all_special_ids))))
+        replies.append(tok.decode(_until_special(out[0, ids.shape[1]:].tolist(), special)))
     return score(replies, prompts)
 
 

@@ -13,6 +13,15 @@ from vqrae.train.metrics import read_metrics
 from vqrae.unified_model.templates import get_template
 
 
+def _train_toy_lm(out, records: int, *overrides: str) -> None:
+    """One step of a width-32, one-layer LM on `records` ShapesWorld records: enough for its tokenizer and export."""
+    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}",
+                 f"data_num={records}", f"val_num={records // 5}", "hidden_size=32", "num_layers=1", "num_heads=2",
+                 "num_kv_heads=1", "intermediate_size=64", "max_length=64", "vocab_size=400",
+                 f"tokenizer_corpus={records}", "max_steps=1", "batch_size=2", "eval_every=0", "save_every=0",
+                 *overrides]) == 0
+
+
 def test_lm_pretrain_exports_a_plain_causal_lm_with_its_chat_template(tmp_path):
     out = tmp_path / "lm"
     assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=200",
@@ -75,10 +84,7 @@ def test_loss_on_answers_scores_captions_and_replies_only(tmp_path):
     from vqrae.train.stages.lm_pretrain import LMPretrainConfig, PackedText
 
     out = tmp_path / "lm"
-    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=40",
-                 "val_num=8", "hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1",
-                 "intermediate_size=64", "max_length=64", "vocab_size=400", "tokenizer_corpus=40", "max_steps=1",
-                 "batch_size=2", "eval_every=0", "save_every=0", "loss_on=answers"]) == 0
+    _train_toy_lm(out, 40, "loss_on=answers")
     tok = AutoTokenizer.from_pretrained(out / "final")
     items = ShapesDataset(4, ShapesConfig(size=32), seed=0, split="train", size=32)
     answers = PackedText(items, tok, 1024, "caption", "answers")  # one block: record 0 whole
@@ -112,10 +118,7 @@ def test_lm_lookup_asks_each_question_after_the_scene_and_scores_exact_answers(t
     wrong = score(["zebra"] * len(prompts), prompts)
     assert wrong["overall"] == 0.0 and set(wrong) == set(right)
     out = tmp_path / "lm"
-    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=20",
-                 "val_num=4", "hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1",
-                 "intermediate_size=64", "max_length=64", "vocab_size=400", "tokenizer_corpus=20", "max_steps=1",
-                 "batch_size=2", "eval_every=0", "save_every=0"]) == 0
+    _train_toy_lm(out, 20)
     measured = lm_lookup(str(out / "final"), num_scenes=2, max_new_tokens=2)
     assert set(measured) >= {"overall"} and all(0 <= v <= 1 for v in measured.values())
 
@@ -148,10 +151,7 @@ def test_turns_per_document_asks_each_question_after_the_scene(tmp_path):
         LMPretrainConfig(output_dir="x", turns_per_document=-1)
 
     out = tmp_path / "lm"
-    assert main(["train", "lm-pretrain", "--config", "shapes-tiny/lm-pretrain", f"output_dir={out}", "data_num=40",
-                 "val_num=8", "hidden_size=32", "num_layers=1", "num_heads=2", "num_kv_heads=1",
-                 "intermediate_size=64", "max_length=64", "vocab_size=400", "tokenizer_corpus=40", "max_steps=1",
-                 "batch_size=2", "eval_every=0", "save_every=0", "turns_per_document=1"]) == 0
+    _train_toy_lm(out, 40, "turns_per_document=1")
     tok = AutoTokenizer.from_pretrained(out / "final")
     header = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
     assert tok.tokenize(header)[-2:] == ["assistant", "Ċ"] and "user" in tok.tokenize(header)
