@@ -115,6 +115,10 @@ def test_lm_lookup_asks_each_question_after_the_scene_and_scores_exact_answers(t
     assert first.endswith(bare[0]["messages"][0]["content"]) and len(first) > len(bare[0]["messages"][0]["content"])
     right = score([p["answer"].upper() + "." for p in prompts], prompts)
     assert right["overall"] == 1.0
+    from vqrae.eval.lm_lookup import _until_special
+
+    # a reply ends at the first special token (the end of turn), not where `generate` stopped
+    assert _until_special([11, 12, 3, 12, 40], {3, 4}) == [11, 12] and _until_special([11], {3}) == [11]
     wrong = score(["zebra"] * len(prompts), prompts)
     assert wrong["overall"] == 0.0 and set(wrong) == set(right)
     out = tmp_path / "lm"
