@@ -96,6 +96,23 @@ def fullest_caption(item: dict) -> str | None:
     return max(caps, key=len) if caps else item.get("caption")
 
 
+def attribute_listing(objects: list[dict]) -> str:
+    """Each object's colour after its shape ("the star is green and the triangle is yellow"): captions always put
+    the colour first, so a text LM learns "the word after red" (what shape) by copying and never "the word before
+    circle" (what colour); this order gives that lookup the same copying form."""
+    return join_phrases([f"the {o['class']} is {o['color']}" for o in objects])
+
+
+def scene_description(item: dict, style: str = "caption") -> str:
+    """What stands for an image in text: its fullest caption (`"caption"`), or that caption followed by each
+    object's colour after its shape (`"caption+attributes"`, see `attribute_listing`)."""
+    text = fullest_caption(item) or ""
+    objects = (item.get("record") or item).get("objects")
+    if style == "caption+attributes" and objects:
+        text = f"{text}; {attribute_listing(objects)}"
+    return text
+
+
 def _qa(question: str, answer: str, kind: str, pope: str | None = None, choices: list[str] | None = None) -> dict:
     return {"question": question, "answer": answer, "type": kind, "pope": pope, "choices": choices or []}
 

@@ -17,17 +17,18 @@ import collections
 import torch
 
 
-def lookup_prompts(num_scenes: int, scene: bool = True, seed: int = 0, split: str = "test") -> list[dict]:
+def lookup_prompts(num_scenes: int, scene: bool = True, seed: int = 0, split: str = "test",
+                   scene_context: str = "caption") -> list[dict]:
     """One record per open question (multiple choice left out): its `messages`, `answer` and `type`."""
     from vqrae.data.readers import ShapesDataset
     from vqrae.data.shapes import ShapesConfig
-    from vqrae.data.shapes_text import SHORT_ANSWER, fullest_caption
+    from vqrae.data.shapes_text import SHORT_ANSWER, scene_description
 
     data = ShapesDataset(num_scenes, ShapesConfig(size=64), seed=seed, split=split, size=64)
     out = []
     for i in range(num_scenes):
         item = data[i]
-        context = f"{fullest_caption(item)}\n" if scene else ""
+        context = f"{scene_description(item, scene_context)}\n" if scene else ""
         for qa in item["record"]["vqa"]:
             if qa["type"] == "mc":
                 continue
@@ -54,12 +55,13 @@ def _until_special(ids: list[int], special: set[int]) -> list[int]:
 
 
 @torch.no_grad()
-def lm_lookup(folder: str, num_scenes: int = 60, scene: bool = True, max_new_tokens: int = 4) -> dict[str, float]:
+def lm_lookup(folder: str, num_scenes: int = 60, scene: bool = True, max_new_tokens: int = 4,
+              scene_context: str = "caption") -> dict[str, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lm = AutoModelForCausalLM.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
-    prompts = lookup_prompts(num_scenes, scene)
+    prompts = lookup_prompts(num_scenes, scene, scene_context=scene_context)
     replies, special = [], set(tok.all_special_ids)
     for p in prompts:
         ids = tok.apply_chat_template(p["messages"], add_generation_prompt=True, return_tensors="pt",
@@ -75,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="a causal LM folder with a chat template")
     parser.add_argument("--scenes", type=int, default=60, help="held-out scenes (default 60, ~5 questions each)")
     parser.add_argument("--no-scene", action="store_true", help="ask without the description: the language prior")
+    parser.add_argument("--scene-context", default="caption", choices=("caption", "caption+attributes"),
+                        help="how the scene is described, as lm-pretrain's `scene_context` (default caption)")
     args = parser.parse_args(argv)
-    result = lm_lookup(args.folder, args.scenes, scene=not args.no_scene)
+    result = lm_lookup(args.folder, args.scenes, scene=not args.no_scene, scene_context=args.scene_context)
     print(" ".join(f"{k}={v:.2f}" for k, v in result.items()))
     return 0
 

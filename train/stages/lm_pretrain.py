@@ -57,7 +57,7 @@ class LMPretrainConfig(TrainConfig):
     max_length: int = 128  # tokens per packed block
     vocab_size: int = 1000  # upper bound for the BPE vocabulary
     tokenizer_corpus: int = 5000  # records whose text trains the tokenizer
-    scene_context: Literal["none", "caption"] = "none"  # what stands for the image in a conversation (see above)
+    scene_context: Literal["none", "caption", "caption+attributes"] = "none"  # what stands for the image in a conversation (see above)
     loss_on: Literal["all", "answers"] = "all"  # conversations scored on every token, or on the replies only
     caption_documents: bool = True  # each caption also as a document of its own
     turns_per_document: int = 0  # question-answer pairs per conversation document, each after the scene (0: all)
@@ -67,8 +67,9 @@ class LMPretrainConfig(TrainConfig):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"config keys 'hidden_size'/'num_heads'/'num_kv_heads': {self.hidden_size} must divide "
                              f"by {self.num_heads} heads, which must divide by {self.num_kv_heads} kv heads")
-        if self.scene_context not in ("none", "caption"):
-            raise ValueError(f"config key 'scene_context': must be 'none' or 'caption', got {self.scene_context!r}")
+        if self.scene_context not in ("none", "caption", "caption+attributes"):
+            raise ValueError("config key 'scene_context': must be 'none', 'caption' or 'caption+attributes', got "
+                             f"{self.scene_context!r}")
         if self.loss_on not in ("all", "answers"):
             raise ValueError(f"config key 'loss_on': must be 'all' or 'answers', got {self.loss_on!r}")
         if self.turns_per_document < 0:
@@ -84,13 +85,13 @@ def documents(item: dict, eos: str, scene_context: str = "none", captions: bool 
     answers), the image left out (`scene_context="none"`) or replaced by the record's fullest caption
     (`"caption"`). `turns_per_document` > 0 cuts the conversation into documents of that many question-answer
     pairs, each opening with the scene (as VQA evaluation asks one question about an image)."""
-    from vqrae.data.shapes_text import fullest_caption
+    from vqrae.data.shapes_text import scene_description
     from vqrae.unified_model.templates import get_template
 
     record = item.get("record") or item
     texts = record.get("captions") or ([item["caption"]] if item.get("caption") else [])
     docs = [[(c, True)] for c in texts] if captions else []
-    scene = (fullest_caption(item) or "") if scene_context == "caption" else ""
+    scene = scene_description(item, scene_context) if scene_context != "none" else ""
     turns = record.get("conversations") or []
     roles = {"human": "user", "gpt": "assistant"}
     messages = [{"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in turns]
