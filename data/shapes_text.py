@@ -97,10 +97,10 @@ def fullest_caption(item: dict) -> str | None:
 
 
 def attribute_listing(objects: list[dict]) -> str:
-    """Each object's colour after its shape ("the star is green and the triangle is yellow"): captions always put
+    """Each object's colour right after its shape ("colors: star green and triangle yellow"): captions always put
     the colour first, so a text LM learns "the word after red" (what shape) by copying and never "the word before
     circle" (what colour); this order gives that lookup the same copying form."""
-    return join_phrases([f"the {o['class']} is {o['color']}" for o in objects])
+    return "colors: " + join_phrases([f"{o['class']} {o['color']}" for o in objects])
 
 
 def scene_description(item: dict, style: str = "caption") -> str:

@@ -75,7 +75,7 @@ def test_scene_context_puts_the_fullest_caption_where_the_image_was():
 
 
 def test_caption_attributes_names_each_colour_after_its_shape():
-    """`scene_context: caption+attributes`: the fullest caption, then "the <shape> is <colour>" for every object, so
+    """`scene_context: caption+attributes`: the fullest caption, then "colors: <shape> <colour>" for every object, so
     a colour question is answered by copying the word after the shape; lm_lookup describes scenes the same way."""
     from vqrae.data.readers import ShapesDataset
     from vqrae.data.shapes import ShapesConfig
@@ -86,14 +86,14 @@ def test_caption_attributes_names_each_colour_after_its_shape():
     objects, fullest = item["record"]["objects"], max(item["record"]["captions"], key=len)
     scene = "".join(t for t, _ in documents(item, "<eos>", "caption+attributes", turns_per_document=1)[-1])
     scene = scene.split("\n")[1]
-    assert scene.startswith(f"{fullest}; ") and len(objects) >= 2
-    listing = scene[len(fullest) + 2:].split(" and ")
-    assert listing[-1] == f"the {objects[-1]['class']} is {objects[-1]['color']}"
-    assert all(f"the {o['class']} is {o['color']}" in scene for o in objects)
+    assert scene.startswith(f"{fullest}; colors: ") and len(objects) >= 2
+    listing = scene[len(fullest) + len("; colors: "):].split(" and ")
+    assert listing[-1] == f"{objects[-1]['class']} {objects[-1]['color']}"
+    assert all(f"{o['class']} {o['color']}" in scene for o in objects)
     plain = lookup_prompts(2, scene_context="caption")[0]["messages"][0]["content"]
     listed = lookup_prompts(2, scene_context="caption+attributes")[0]["messages"][0]["content"]
     first, rest = plain.split("\n", 1)
-    assert listed.startswith(f"{first}; the ") and listed.endswith(rest)
+    assert listed.startswith(f"{first}; colors: ") and listed.endswith(rest)
     assert LMPretrainConfig(output_dir="x", scene_context="caption+attributes").scene_context == "caption+attributes"
 
 
