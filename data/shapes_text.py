@@ -103,6 +103,9 @@ def attribute_listing(objects: list[dict]) -> str:
     return "colors: " + join_phrases([f"{o['class']} {o['color']}" for o in objects])
 
 
+SCENE_STYLES = ("caption", "caption+attributes")  # how `scene_description` renders a scene
+
+
 def scene_description(item: dict, style: str = "caption") -> str:
     """What stands for an image in text: its fullest caption (`"caption"`), or that caption followed by each
     object's colour after its shape (`"caption+attributes"`, see `attribute_listing`)."""

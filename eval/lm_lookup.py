@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", help="a causal LM folder with a chat template")
     parser.add_argument("--scenes", type=int, default=60, help="held-out scenes (default 60, ~5 questions each)")
     parser.add_argument("--no-scene", action="store_true", help="ask without the description: the language prior")
-    parser.add_argument("--scene-context", default="caption", choices=("caption", "caption+attributes"),
+    from vqrae.data.shapes_text import SCENE_STYLES
+
+    parser.add_argument("--scene-context", default="caption", choices=SCENE_STYLES,
                         help="how the scene is described, as lm-pretrain's `scene_context` (default caption)")
     args = parser.parse_args(argv)
     result = lm_lookup(args.folder, args.scenes, scene=not args.no_scene, scene_context=args.scene_context)

@@ -57,7 +57,8 @@ class LMPretrainConfig(TrainConfig):
     max_length: int = 128  # tokens per packed block
     vocab_size: int = 1000  # upper bound for the BPE vocabulary
     tokenizer_corpus: int = 5000  # records whose text trains the tokenizer
-    scene_context: Literal["none", "caption", "caption+attributes"] = "none"  # what stands for the image in a conversation (see above)
+    # what stands for the image in a conversation (see above; data.shapes_text.SCENE_STYLES)
+    scene_context: Literal["none", "caption", "caption+attributes"] = "none"
     loss_on: Literal["all", "answers"] = "all"  # conversations scored on every token, or on the replies only
     caption_documents: bool = True  # each caption also as a document of its own
     turns_per_document: int = 0  # question-answer pairs per conversation document, each after the scene (0: all)
@@ -67,8 +68,10 @@ class LMPretrainConfig(TrainConfig):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"config keys 'hidden_size'/'num_heads'/'num_kv_heads': {self.hidden_size} must divide "
                              f"by {self.num_heads} heads, which must divide by {self.num_kv_heads} kv heads")
-        if self.scene_context not in ("none", "caption", "caption+attributes"):
-            raise ValueError("config key 'scene_context': must be 'none', 'caption' or 'caption+attributes', got "
+        from vqrae.data.shapes_text import SCENE_STYLES
+
+        if self.scene_context not in ("none", *SCENE_STYLES):
+            raise ValueError(f"config key 'scene_context': must be one of {('none', *SCENE_STYLES)}, got "
                              f"{self.scene_context!r}")
         if self.loss_on not in ("all", "answers"):
             raise ValueError(f"config key 'loss_on': must be 'all' or 'answers', got {self.loss_on!r}")
