@@ -182,3 +182,37 @@ def test_turns_per_document_asks_each_question_after_the_scene(tmp_path):
     tok = AutoTokenizer.from_pretrained(out / "final")
     header = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False)
     assert tok.tokenize(header)[-2:] == ["assistant", "Ċ"] and "user" in tok.tokenize(header)
+
+
+def test_document_mask_keeps_each_packed_document_to_itself(tmp_path):
+    """Packed blocks hold several documents; with `document_mask` (the default) a document's logits are those it
+    has alone, its positions counted from 0, so a question never reads an earlier scene's caption. Without it the
+    later documents read across."""
+    from vqrae.data.readers import ShapesDataset
+    from vqrae.data.shapes import ShapesConfig
+    from vqrae.train.stages.lm_pretrain import LMPretrainConfig, LMPretrainStage, PackedText
+
+    out = tmp_path / "lm"
+    _train_toy_lm(out, 40)
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    lm = AutoModelForCausalLM.from_pretrained(out / "final").eval()
+    items = ShapesDataset(2, ShapesConfig(size=32), seed=0, split="train", size=32)
+    packed = PackedText(items, tok, 256, "caption", "answers")
+    ids, positions = packed.blocks[0], packed.positions[0]
+    starts = (positions == 0).nonzero().flatten().tolist()
+    assert starts[0] == 0 and len(starts) >= 3  # several documents in the block
+    a, b = starts[2], (starts[3] if len(starts) > 3 else len(ids))  # the third document, alone
+    eos = ids[a - 1].item()
+    assert eos == tok.eos_token_id and positions[a:b].tolist() == list(range(b - a))
+
+    def batch(document_mask: bool) -> dict:
+        stage = LMPretrainStage.__new__(LMPretrainStage)
+        stage.config = LMPretrainConfig(output_dir=str(out), document_mask=document_mask)
+        return stage.collate([packed[0]])
+
+    with torch.no_grad():
+        alone = lm(input_ids=ids[None, a:b]).logits[0]
+        masked = LMPretrainStage._forward(lm, batch(True)).logits[0, a:b]
+        stream = LMPretrainStage._forward(lm, batch(False)).logits[0, a:b]
+    assert torch.allclose(masked, alone, atol=1e-4)
+    assert not torch.allclose(stream, alone, atol=1e-2)

@@ -62,6 +62,9 @@ class LMPretrainConfig(TrainConfig):
     loss_on: Literal["all", "answers"] = "all"  # conversations scored on every token, or on the replies only
     caption_documents: bool = True  # each caption also as a document of its own
     turns_per_document: int = 0  # question-answer pairs per conversation document, each after the scene (0: all)
+    # each packed document attends to itself only, its positions counted from 0 (position_ids that restart at every
+    # document: transformers then masks attention across documents); else a block is one causal stream
+    document_mask: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,23 +121,27 @@ def _without(text: str, markers: tuple[str, ...]) -> str:
 class PackedText(Dataset):
     """Documents tokenized as a whole, each ended by EOS, concatenated and cut into blocks of `length` tokens, with
     a mask of the tokens the loss reads: every token (`loss_on="all"`), or in conversations only the answers'
-    (`"answers"`, as chat fine-tuning scores them; captions stay scored throughout)."""
+    (`"answers"`, as chat fine-tuning scores them; captions stay scored throughout), and each token's position in
+    its document (what `position_ids` restart from, so that no document reads another's scene)."""
 
     def __init__(self, items: Dataset, tokenizer, length: int, scene_context: str = "none", loss_on: str = "all",
                  captions: bool = True, turns_per_document: int = 0):
         ids: list[int] = []
         scored: list[bool] = []
+        positions: list[int] = []
         for i in range(len(items)):
             for segments in documents(items[i], tokenizer.eos_token, scene_context, captions, turns_per_document):
                 text, spans = join_segments(segments)
                 enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
                 ids.extend(enc.input_ids + [tokenizer.eos_token_id])
+                positions.extend(range(len(enc.input_ids) + 1))
                 answers = tokens_in_spans(enc.offset_mapping, spans) if loss_on == "answers" else None
                 # the EOS is scored where the document ends in an answer (a caption), not after a conversation
                 scored.extend(answers + [segments[-1][1]] if answers is not None else [True] * (len(enc.input_ids) + 1))
         n = len(ids) // length * length
         self.blocks = torch.tensor(ids[:n], dtype=torch.long).view(-1, length)
         self.scored = torch.tensor(scored[:n], dtype=torch.bool).view(-1, length)
+        self.positions = torch.tensor(positions[:n], dtype=torch.long).view(-1, length)
         if len(self.blocks) == 0:
             raise ValueError(f"the text holds {len(ids)} tokens, fewer than one block of {length}")
         logger.info("packed %d tokens into %d blocks of %d (%.0f%% scored)", len(ids), len(self.blocks), length,
@@ -143,8 +150,8 @@ class PackedText(Dataset):
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.blocks[i], self.scored[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.blocks[i], self.scored[i], self.positions[i]
 
 
 class LMPretrainStage(Stage):
@@ -214,14 +221,20 @@ class LMPretrainStage(Stage):
                                      self.config.turns_per_document)
         return self._train
 
-    def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-        ids = torch.stack([ids for ids, _ in samples])
-        scored = torch.stack([scored for _, scored in samples])
-        return {"input_ids": ids, "labels": ids.masked_fill(~scored, -100)}
+    def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict:
+        ids, scored, positions = (torch.stack(column) for column in zip(*samples, strict=True))
+        batch = {"input_ids": ids, "labels": ids.masked_fill(~scored, -100)}
+        if self.config.document_mask:
+            batch["position_ids"] = positions
+        return batch
+
+    @staticmethod
+    def _forward(model: nn.Module, batch: dict):
+        return model(input_ids=batch["input_ids"], labels=batch["labels"], position_ids=batch.get("position_ids"),
+                     use_cache=False)
 
     def loss(self, model: nn.Module, batch: dict, step: int):
-        out = model(input_ids=batch["input_ids"], labels=batch["labels"])
-        return out.loss, {}
+        return self._forward(model, batch).loss, {}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
@@ -235,7 +248,7 @@ class LMPretrainStage(Stage):
         for start in range(0, len(self._val), self.config.batch_size):
             batch = self.to_device(self.collate([self._val[i] for i in range(start, min(start + self.config.batch_size,
                                                                                         len(self._val)))]))
-            out = llm(input_ids=batch["input_ids"], labels=batch["labels"])
+            out = self._forward(llm, batch)
             losses.append(float(out.loss))
             pred, target = out.logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
             right += int(((pred == target) & (target != -100)).sum())
