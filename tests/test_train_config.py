@@ -160,7 +160,9 @@ def test_shipped_p4_profile_is_shapes_tiny_with_4px_patches():
     lm, tiny_lm = load("shapes-tiny-p4", "lm-pretrain"), load("shapes-tiny", "lm-pretrain")
     assert (lm.scene_context, lm.loss_on, tiny_lm.scene_context, tiny_lm.loss_on) == ("caption", "answers", "none",
                                                                                       "all")
-    assert lm.max_length >= 320 and lm.lr < tiny_lm.lr and lm.hidden_size == tiny_lm.hidden_size
+    assert lm.max_length >= 320 and lm.lr < tiny_lm.lr
+    # a quarter the width, three times the steps of 400 (the lookups form with steps), documents masked apart
+    assert (lm.hidden_size, tiny_lm.hidden_size) == (128, 256) and lm.max_steps >= 1000 and lm.document_mask
     assert (lm.turns_per_document, tiny_lm.turns_per_document) == (1, 0)  # one question per document after the scene
     align = load("shapes-tiny-p4", "unified-align", ["llm=x", "vqrae=y"])
     assert {s.task for s in align.sources} == {"describe", "conversation"} and align.max_length >= 64 + 250
