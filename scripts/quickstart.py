@@ -37,9 +37,10 @@ PROFILES = ("shapes-tiny", "shapes-tiny-p4")  # folders of configs/ with every s
 # Step.expected_s (shapes-tiny's); only for the "time left" estimate.
 # p4 tokenizer stages: K = 2048, measured at 680 + 1130 s on a machine that ran the encoder in 490 s, scaled to 638;
 # align / SFT / VQA with 2x2-merged features (64 positions an image): 69 / 518 / 16 s there, scaled the same way.
-# Stage 0 with the dense objectives, 1,000 steps: 948 s on the 490-s machine; SFT at 460 steps.
+# Stage 0 with the dense objectives, 1,000 steps: 948 s on the 490-s machine. The width-128 LM (1,200 steps),
+# align and SFT (500 steps): 346 / 57 / 203 s on a 2-core machine that ran stage 0 in 1,758 s with one thread.
 EXPECTED_S = {"shapes-tiny-p4": {"encoder": 1230, "tokenizer-stage1": 885, "tokenizer-stage2": 1471,
-                                 "eval-tokenizer": 60, "lm": 430, "unified-align": 125, "unified-sft": 330,
+                                 "eval-tokenizer": 60, "lm": 350, "unified-align": 60, "unified-sft": 205,
                                  "eval-understanding": 21, "eval-generation": 13}}
 
 # --smoke: the same pipeline at toy sizes, to check that everything is wired (a couple of minutes on 2 cores).
