@@ -216,10 +216,13 @@ class LMPretrainStage(Stage):
 
     def train_dataset(self) -> Dataset:
         if self._train is None:
-            self._train = PackedText(self._items, self.text_tokenizer, self.config.max_length,
-                                     self.config.scene_context, self.config.loss_on, self.config.caption_documents,
-                                     self.config.turns_per_document)
+            self._train = self._packed(self._items)
         return self._train
+
+    def _packed(self, items: Dataset) -> PackedText:
+        c = self.config
+        return PackedText(items, self.text_tokenizer, c.max_length, c.scene_context, c.loss_on, c.caption_documents,
+                          c.turns_per_document)
 
     def collate(self, samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict:
         ids, scored, positions = (torch.stack(column) for column in zip(*samples, strict=True))
@@ -240,9 +243,7 @@ class LMPretrainStage(Stage):
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
         """Held-out perplexity, and how often the greedy next token is right (on the scored tokens)."""
         if self._val is None:
-            self._val = PackedText(self._val_items, self.text_tokenizer, self.config.max_length,
-                                   self.config.scene_context, self.config.loss_on, self.config.caption_documents,
-                                     self.config.turns_per_document)
+            self._val = self._packed(self._val_items)
         llm = unwrap(model)
         losses, right, total = [], 0, 0
         for start in range(0, len(self._val), self.config.batch_size):
